@@ -1,0 +1,194 @@
+"""Merged state of one series: the contributions of every source and the retired totals.
+
+Counters and histograms are cumulative vectors (see `validation.Vector`).
+Their merged value is the retired totals plus, for each era of each
+contribution group, the value of the era's most advanced member. A group is
+one source, except for engine-scope families, where every scheduler and TP
+worker of one engine forms one group because they report the same engine
+steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tpmetrics.aggregator.validation import Vector
+from tpmetrics.catalog.types import Family, Reducer, Scope
+from tpmetrics.snapshot import SourceId, SourceKind
+
+GroupKey = tuple[str, int]
+"""("engine", DP rank) for the engine group, or ("source", id) for a lone source."""
+
+
+def group_key(family: Family, source: SourceId) -> GroupKey | SourceId:
+    """Return the contribution group of `source` for a series of `family`."""
+    if family.scope is Scope.ENGINE and source.kind is not SourceKind.FRONTEND:
+        assert source.engine is not None
+        return ("engine", source.engine)
+    return source
+
+
+def add(left: Vector, right: Vector) -> Vector:
+    return tuple(a + b for a, b in zip(left, right, strict=True))
+
+
+def subtract(left: Vector, right: Vector) -> Vector:
+    return tuple(a - b for a, b in zip(left, right, strict=True))
+
+
+@dataclass(slots=True)
+class Contribution:
+    """The latest cumulative vector of one source incarnation.
+
+    `base` and `base_step` hold what the engine group has already retired on
+    this member's behalf (another member ended, and its counts were retired),
+    so only what comes after is counted again.
+    """
+
+    vector: Vector
+    step: int
+    base: Vector | None = None
+    base_step: int = 0
+
+    def effective(self) -> Vector:
+        if self.base is None:
+            return self.vector
+        # NOTE: clipping at zero is exact for members that replay one stream of
+        # non-negative observations, which is what engine-scope reports are.
+        return tuple(max(0.0, a - b) for a, b in zip(self.vector, self.base, strict=True))
+
+    def progress(self) -> tuple[int, float]:
+        """Order group members by steps since the last rebase, then by count."""
+        effective = self.effective()
+        count = effective[0] if len(effective) == 1 else sum(effective[:-1])
+        return (self.step - self.base_step, count)
+
+    def rebase(self, retired: Vector, retired_steps: int) -> None:
+        """Stop counting what the group just retired: `retired` counts over `retired_steps` steps."""
+        self.base = retired if self.base is None else add(self.base, retired)
+        self.base_step += retired_steps
+
+
+@dataclass(slots=True)
+class Era:
+    """Members of a group that report one stream of engine steps.
+
+    The TP ranks of one engine life form one era. When a rank restarts, its
+    new incarnation starts a new era (the engine started over), and the
+    other ranks' new incarnations join that era. `seen` remembers every
+    source that was ever a member.
+    """
+
+    members: dict[SourceId, Contribution] = field(default_factory=dict)
+    seen: set[SourceId] = field(default_factory=set)
+
+    def leader(self) -> Contribution:
+        return max(self.members.values(), key=Contribution.progress)
+
+
+@dataclass(slots=True)
+class CumulativeSeries:
+    """A counter or histogram series."""
+
+    family: Family
+    labels: tuple[str, ...]
+    width: int
+    retired: Vector = ()
+    groups: dict[object, list[Era]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.retired:
+            self.retired = (0.0,) * self.width
+
+    def _find(self, source: SourceId) -> tuple[list[Era], Era | None]:
+        eras = self.groups.setdefault(group_key(self.family, source), [])
+        for era in reversed(eras):
+            if source in era.members:
+                return eras, era
+        return eras, None
+
+    def previous(self, source: SourceId) -> Contribution | None:
+        _, era = self._find(source)
+        return None if era is None else era.members[source]
+
+    def update(self, source: SourceId, vector: Vector, step: int) -> None:
+        eras, era = self._find(source)
+        if era is not None:
+            current = era.members[source]
+            current.vector = vector
+            current.step = step
+            return
+        if not eras or source in eras[-1].seen:
+            eras.append(Era())
+        eras[-1].members[source] = Contribution(vector, step)
+        eras[-1].seen.add(source)
+
+    def retire(self, source: SourceId) -> None:
+        """Move an ended incarnation's counts into the retired totals.
+
+        A member that another live member of its era has caught up with is
+        simply dropped: the other one carries the same counts. When the most
+        advanced member ends, its value is retired once and the others are
+        rebased by it, so counts that a lagging member reports later are not
+        added a second time.
+        """
+        eras, era = self._find(source)
+        if era is None:
+            return
+        ending = era.members.pop(source)
+        members = era.members.values()
+        if not members or max(member.progress() for member in members) < ending.progress():
+            retired = ending.effective()
+            self.retired = add(self.retired, retired)
+            for member in members:
+                member.rebase(retired, ending.step - ending.base_step)
+        if not era.members:
+            eras.remove(era)
+
+    def value(self) -> Vector:
+        total = self.retired
+        for eras in self.groups.values():
+            for era in eras:
+                if era.members:
+                    total = add(total, era.leader().effective())
+        return total
+
+
+@dataclass(slots=True)
+class GaugeContribution:
+    value: float
+    step: int
+    set_at: float
+
+
+@dataclass(slots=True)
+class GaugeSeries:
+    """A gauge series: the last value each live source set, reduced by the family's reducer."""
+
+    family: Family
+    labels: tuple[str, ...]
+    values: dict[SourceId, GaugeContribution] = field(default_factory=dict)
+
+    def value(self, live: set[SourceId] | None = None) -> float | None:
+        """Reduce the values of the sources in `live` (all when None); None if there are none."""
+        members = [
+            contribution
+            for source, contribution in self.values.items()
+            if live is None or source in live
+        ]
+        if not members:
+            return None
+        return reduce_gauge(self.family.reducer, members)
+
+
+def reduce_gauge(reducer: Reducer | None, members: list[GaugeContribution]) -> float:
+    if reducer is Reducer.SUM:
+        return sum(m.value for m in members)
+    if reducer is Reducer.MAX:
+        return max(m.value for m in members)
+    if reducer is Reducer.MIN:
+        return min(m.value for m in members)
+    if reducer is Reducer.MEAN:
+        return sum(m.value for m in members) / len(members)
+    latest = max(members, key=lambda m: (m.step, m.set_at))
+    return latest.value

@@ -1,0 +1,37 @@
+"""The head node's FastAPI app: `/metrics`, `/health` and the OpenAI-compatible routes."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from tpmetrics import __version__
+from tpmetrics.head.metrics_route import metrics
+
+HEALTH_TIMEOUT_S = 5.0
+
+
+async def health(request: Request) -> JSONResponse:
+    """Return 200 when the aggregator answers within the timeout, 503 otherwise."""
+    aggregator: Any = request.app.state.aggregator
+    try:
+        aggregator_id = await asyncio.wait_for(
+            aggregator.aggregator_id.remote(), timeout=HEALTH_TIMEOUT_S
+        )
+    except Exception as error:
+        return JSONResponse(
+            {"status": "unavailable", "error": f"{type(error).__name__}: {error}"}, status_code=503
+        )
+    return JSONResponse({"status": "ok", "aggregator_id": aggregator_id})
+
+
+def create_app(aggregator: Any) -> FastAPI:
+    """Build the app around an aggregator actor handle."""
+    app = FastAPI(title="tpmetrics", version=__version__)
+    app.state.aggregator = aggregator
+    app.add_api_route("/metrics", metrics, methods=["GET", "HEAD"], include_in_schema=False)
+    app.add_api_route("/health", health, methods=["GET"])
+    return app
