@@ -7,6 +7,7 @@ builds the metric families at each scrape. `render` picks the format from the
 
 from __future__ import annotations
 
+import functools
 import time
 from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable, Iterator
@@ -179,5 +180,11 @@ def render(
 ) -> tuple[bytes, str]:
     """Encode the registry in the format the `Accept` header asks for; return body and content type."""
     encoder, content_type = choose_encoder(accept)
+    if isinstance(encoder, functools.partial) and "escaping" in encoder.keywords:
+        # NOTE: prometheus_client's OpenMetrics "underscores" escaping also rewrites
+        # colons, which are valid in Prometheus metric names, so vLLM's names would
+        # reach Prometheus as vllm_...; every family name here is a valid legacy
+        # name, so the allow-utf-8 output is what correct underscore escaping gives.
+        encoder = functools.partial(encoder.func, *encoder.args, **{**encoder.keywords, "escaping": "allow-utf-8"})
     source: Collector = registry if not names else NameFilter(registry, names)
     return encoder(source), content_type

@@ -38,35 +38,10 @@ def subtract(left: Vector, right: Vector) -> Vector:
 
 @dataclass(slots=True)
 class Contribution:
-    """The latest cumulative vector of one source incarnation.
-
-    `base` and `base_step` hold what the engine group has already retired on
-    this member's behalf (another member ended, and its counts were retired),
-    so only what comes after is counted again.
-    """
+    """The latest cumulative vector and step of one source incarnation."""
 
     vector: Vector
     step: int
-    base: Vector | None = None
-    base_step: int = 0
-
-    def effective(self) -> Vector:
-        if self.base is None:
-            return self.vector
-        # NOTE: clipping at zero is exact for members that replay one stream of
-        # non-negative observations, which is what engine-scope reports are.
-        return tuple(max(0.0, a - b) for a, b in zip(self.vector, self.base, strict=True))
-
-    def progress(self) -> tuple[int, float]:
-        """Order group members by steps since the last rebase, then by count."""
-        effective = self.effective()
-        count = effective[0] if len(effective) == 1 else sum(effective[:-1])
-        return (self.step - self.base_step, count)
-
-    def rebase(self, retired: Vector, retired_steps: int) -> None:
-        """Stop counting what the group just retired: `retired` counts over `retired_steps` steps."""
-        self.base = retired if self.base is None else add(self.base, retired)
-        self.base_step += retired_steps
 
 
 @dataclass(slots=True)
@@ -76,14 +51,51 @@ class Era:
     The TP ranks of one engine life form one era. When a rank restarts, its
     new incarnation starts a new era (the engine started over), and the
     other ranks' new incarnations join that era. `seen` remembers every
-    source that was ever a member.
+    source that was ever a member. `base` and `base_step` are what the era
+    has already retired: members count only what lies beyond them.
     """
 
+    width: int
     members: dict[SourceId, Contribution] = field(default_factory=dict)
     seen: set[SourceId] = field(default_factory=set)
+    base: Vector = ()
+    base_step: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.base:
+            self.base = (0.0,) * self.width
+
+    def effective(self, member: Contribution) -> Vector:
+        # NOTE: clipping at zero is exact for members that replay one stream of
+        # non-negative observations, which is what engine-scope reports are.
+        return tuple(max(0.0, a - b) for a, b in zip(member.vector, self.base, strict=True))
+
+    def progress(self, member: Contribution) -> tuple[int, float]:
+        """Order members by steps beyond the base, then by count."""
+        effective = self.effective(member)
+        count = effective[0] if len(effective) == 1 else sum(effective[:-1])
+        return (member.step - self.base_step, count)
 
     def leader(self) -> Contribution:
-        return max(self.members.values(), key=Contribution.progress)
+        return max(self.members.values(), key=self.progress)
+
+    def retire(self, source: SourceId) -> Vector:
+        """Remove a member; return what the era must retire for it.
+
+        A member that another live member has caught up with retires
+        nothing: the other one carries the same counts. When the most
+        advanced member ends, what it counted beyond the base is retired and
+        the base moves up to it, so a lagging or late member that reports the
+        same steps later adds nothing a second time.
+        """
+        ending = self.members.pop(source)
+        ending_progress = self.progress(ending)
+        if any(self.progress(m) >= ending_progress for m in self.members.values()):
+            return (0.0,) * self.width
+        retired = self.effective(ending)
+        self.base = add(self.base, retired)
+        self.base_step = max(self.base_step, ending.step)
+        return retired
 
 
 @dataclass(slots=True)
@@ -119,38 +131,26 @@ class CumulativeSeries:
             current.step = step
             return
         if not eras or source in eras[-1].seen:
-            eras.append(Era())
+            eras.append(Era(self.width))
         eras[-1].members[source] = Contribution(vector, step)
         eras[-1].seen.add(source)
 
     def retire(self, source: SourceId) -> None:
-        """Move an ended incarnation's counts into the retired totals.
-
-        A member that another live member of its era has caught up with is
-        simply dropped: the other one carries the same counts. When the most
-        advanced member ends, its value is retired once and the others are
-        rebased by it, so counts that a lagging member reports later are not
-        added a second time.
-        """
+        """Move an ended incarnation's counts into the retired totals."""
         eras, era = self._find(source)
         if era is None:
             return
-        ending = era.members.pop(source)
-        members = era.members.values()
-        if not members or max(member.progress() for member in members) < ending.progress():
-            retired = ending.effective()
-            self.retired = add(self.retired, retired)
-            for member in members:
-                member.rebase(retired, ending.step - ending.base_step)
-        if not era.members:
-            eras.remove(era)
+        self.retired = add(self.retired, era.retire(source))
+        # The newest era stays even when empty: a member that has not
+        # reported yet may still join it and must count from its base.
+        eras[:] = [e for e in eras if e.members or e is eras[-1]]
 
     def value(self) -> Vector:
         total = self.retired
         for eras in self.groups.values():
             for era in eras:
                 if era.members:
-                    total = add(total, era.leader().effective())
+                    total = add(total, era.effective(era.leader()))
         return total
 
 
