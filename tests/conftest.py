@@ -14,7 +14,7 @@ def ray_session() -> Iterator[None]:
     """Start one local Ray for the test session, in a private temp dir."""
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    import ray
+    import ray  # noqa: PLC0415  (after RAY_USAGE_STATS_ENABLED is set)
 
     temp_dir = tempfile.mkdtemp(prefix="tpmetrics-ray-")
     ray.init(

@@ -15,7 +15,9 @@ def free_port() -> int:
         return port
 
 
-def wait_for(condition: Callable[[], bool], timeout_s: float = 10.0, what: str = "condition") -> None:
+def wait_for(
+    condition: Callable[[], bool], timeout_s: float = 10.0, what: str = "condition"
+) -> None:
     """Poll `condition` every 50 ms until it holds; fail after `timeout_s` seconds."""
     deadline = time.monotonic() + timeout_s
     while not condition():

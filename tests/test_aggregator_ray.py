@@ -107,29 +107,34 @@ def test_metrics_gzip_when_asked(head_url: str) -> None:
     assert b"tpmetrics_snapshots_accepted" in gzip.compress(plain.content) or plain.content
 
 
-def test_metrics_name_filter(
-    head_url: str, aggregator: tuple[str, ray.actor.ActorHandle]
-) -> None:
+def test_metrics_name_filter(head_url: str, aggregator: tuple[str, ray.actor.ActorHandle]) -> None:
     workers = start_workers(aggregator[0], engines=1, tp=1)
     ray.get([w.run_steps.remote(2, 10) for w in workers])
     ray.get([w.close.remote() for w in workers])
     response = httpx.get(
         f"{head_url}/metrics",
-        params=[("name[]", "vllm:prompt_tokens_total"), ("name[]", "vllm:iteration_tokens_total_count")],
+        params=[
+            ("name[]", "vllm:prompt_tokens_total"),
+            ("name[]", "vllm:iteration_tokens_total_count"),
+        ],
     )
     names = {name for name, _ in parse(response.text)}
 
     assert names == {"vllm:prompt_tokens_total", "vllm:iteration_tokens_total_count"}
 
 
-def test_health_reports_aggregator(head_url: str, aggregator: tuple[str, ray.actor.ActorHandle]) -> None:
+def test_health_reports_aggregator(
+    head_url: str, aggregator: tuple[str, ray.actor.ActorHandle]
+) -> None:
     response = httpx.get(f"{head_url}/health")
 
     assert response.status_code == 200
     assert response.json()["aggregator_id"] == ray.get(aggregator[1].aggregator_id.remote())
 
 
-def test_metrics_503_when_aggregator_gone(head_url: str, aggregator: tuple[str, ray.actor.ActorHandle]) -> None:
+def test_metrics_503_when_aggregator_gone(
+    head_url: str, aggregator: tuple[str, ray.actor.ActorHandle]
+) -> None:
     ray.kill(aggregator[1], no_restart=True)
     response = httpx.get(f"{head_url}/metrics", timeout=30)
 
@@ -149,7 +154,9 @@ def test_prometheus_scrapes_merged_families(
         quantile = server.wait_for_value(
             "histogram_quantile(0.5, sum by (le) (vllm:iteration_tokens_total_bucket))", 96.0
         )
-        total = server.wait_for_value(f'sum(vllm:prompt_tokens_total{{model_name="{MODEL}"}})', 1000.0)
+        total = server.wait_for_value(
+            f'sum(vllm:prompt_tokens_total{{model_name="{MODEL}"}})', 1000.0
+        )
         steps = server.wait_for_value("sum(tpmetrics:rank_steps_total)", 20.0)
 
     assert quantile == 96.0
@@ -178,7 +185,10 @@ def test_model_name_escaping_passes_promtool(
     samples = parse(body.decode())
 
     assert errors == []
-    assert samples[("vllm:prompt_tokens_total", frozenset({("model_name", model), ("engine", "0")}))] == 24
+    assert (
+        samples[("vllm:prompt_tokens_total", frozenset({("model_name", model), ("engine", "0")}))]
+        == 24
+    )
 
 
 def test_reporter_resends_after_aggregator_restart(
@@ -209,10 +219,15 @@ def test_reporter_resends_after_aggregator_restart(
     assert merged() == 20
 
 
-def test_reporter_never_blocks_without_aggregator(aggregator: tuple[str, ray.actor.ActorHandle]) -> None:
+def test_reporter_never_blocks_without_aggregator(
+    aggregator: tuple[str, ray.actor.ActorHandle],
+) -> None:
     name, handle = aggregator
     reporter = connect_reporter(
-        SourceId(SourceKind.ENGINE, MODEL, engine=3), flush_interval_s=60, aggregator=name, namespace=NAMESPACE
+        SourceId(SourceKind.ENGINE, MODEL, engine=3),
+        flush_interval_s=60,
+        aggregator=name,
+        namespace=NAMESPACE,
     )
     tokens = reporter.series("vllm:prompt_tokens")
     ray.kill(handle, no_restart=True)

@@ -75,7 +75,9 @@ def test_histogram_restart_keeps_buckets_monotonic() -> None:
 
     def report(source: SourceId, incarnation: str, seq: int, counts: tuple[float, float]) -> None:
         histogram = HistogramValue((1.0,), counts, sum=counts[0] * 1 + counts[1] * 3)
-        state.apply(snapshot(source, incarnation, seq, [Sample(name, (MODEL, "0"), histogram)]), 0.0)
+        state.apply(
+            snapshot(source, incarnation, seq, [Sample(name, (MODEL, "0"), histogram)]), 0.0
+        )
 
     def merged() -> tuple[float | None, float | None, float | None]:
         samples = scrape(state, now=0.0)
@@ -99,7 +101,9 @@ def test_counter_restart_never_decreases() -> None:
     name = "vllm:prompt_tokens"
 
     def report(incarnation: str, seq: int, amount: float) -> None:
-        state.apply(snapshot(engine(0), incarnation, seq, [Sample(name, (MODEL, "0"), amount)]), 0.0)
+        state.apply(
+            snapshot(engine(0), incarnation, seq, [Sample(name, (MODEL, "0"), amount)]), 0.0
+        )
 
     def merged() -> float | None:
         return value(scrape(state, now=0.0), "vllm:prompt_tokens_total", **ENGINE0)
@@ -123,7 +127,9 @@ def test_negative_count_rejected_and_counted() -> None:
     assert reply.rejected == (
         "invalid value for counter vllm:prompt_tokens: counts cannot be negative, got -3",
     )
-    assert value(samples, "tpmetrics_samples_rejected_total", model_name=MODEL, reason="negative") == 1
+    assert (
+        value(samples, "tpmetrics_samples_rejected_total", model_name=MODEL, reason="negative") == 1
+    )
     assert value(samples, "vllm:generation_tokens_total", **ENGINE0) == 7
     assert value(samples, "vllm:prompt_tokens_total", **ENGINE0) is None
 
@@ -172,7 +178,10 @@ def test_nan_sum_rejected_by_aggregator() -> None:
     assert reply.accepted == 0
     assert value(samples, f"{name}_count", **ENGINE0) == 2
     assert value(samples, f"{name}_sum", **ENGINE0) == 2.0
-    assert value(samples, "tpmetrics_samples_rejected_total", model_name=MODEL, reason="not_finite") == 1
+    assert (
+        value(samples, "tpmetrics_samples_rejected_total", model_name=MODEL, reason="not_finite")
+        == 1
+    )
 
 
 def test_decreasing_counter_rejected_within_incarnation() -> None:
@@ -217,7 +226,9 @@ def test_stale_snapshot_rejected() -> None:
 
     assert reply.accepted == 0
     assert value(samples, "vllm:prompt_tokens_total", **ENGINE0) == 20
-    assert value(samples, "tpmetrics_snapshots_rejected_total", model_name=MODEL, reason="stale") == 1
+    assert (
+        value(samples, "tpmetrics_snapshots_rejected_total", model_name=MODEL, reason="stale") == 1
+    )
 
 
 def test_late_snapshot_of_replaced_incarnation_rejected() -> None:

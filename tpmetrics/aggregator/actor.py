@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
+from typing import Any
 
 import ray
 
@@ -34,7 +35,9 @@ class Aggregator:
         gauge_ttl_s: float = 3.0,
         source_ttl_s: float = 300.0,
     ) -> None:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
         self._state = MergeState(default_config, gauge_ttl_s=gauge_ttl_s, source_ttl_s=source_ttl_s)
         for model_name, config in (model_configs or {}).items():
             self._state.configure_model(model_name, config)
@@ -58,7 +61,7 @@ class Aggregator:
         return self._state.aggregator_id
 
 
-AggregatorActor = ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=1)(Aggregator)
+AggregatorActor: Any = ray.remote(Aggregator)
 
 
 def start_aggregator(
@@ -67,10 +70,16 @@ def start_aggregator(
     gauge_ttl_s: float = 3.0,
     name: str = AGGREGATOR_NAME,
     namespace: str = NAMESPACE,
-) -> ray.actor.ActorHandle:
+) -> Any:
     """Start the named aggregator actor, or return the running one of that name."""
-    handle = AggregatorActor.options(  # type: ignore[attr-defined]
-        name=name, namespace=namespace, get_if_exists=True, lifetime="detached"
+    handle = AggregatorActor.options(
+        name=name,
+        namespace=namespace,
+        get_if_exists=True,
+        lifetime="detached",
+        num_cpus=0,
+        max_restarts=-1,
+        max_concurrency=1,
     ).remote(default_config, model_configs, gauge_ttl_s)
     ray.get(handle.aggregator_id.remote())
     return handle
@@ -78,7 +87,7 @@ def start_aggregator(
 
 def find_aggregator(
     name: str = AGGREGATOR_NAME, namespace: str = NAMESPACE, timeout_s: float = 30.0
-) -> ray.actor.ActorHandle:
+) -> Any:
     """Return the running aggregator actor, waiting up to `timeout_s` seconds for it to appear."""
     deadline = time.monotonic() + timeout_s
     while True:

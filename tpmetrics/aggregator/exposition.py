@@ -10,7 +10,8 @@ from __future__ import annotations
 import functools
 import time
 from collections import defaultdict
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from typing import Any
 
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import (
@@ -52,7 +53,9 @@ class MergedCollector(Collector):
         for members in by_family.values():
             family = members[0].family
             if family.type is MetricType.COUNTER:
-                counter = CounterMetricFamily(family.name, family.documentation, labels=family.labelnames)
+                counter = CounterMetricFamily(
+                    family.name, family.documentation, labels=family.labelnames
+                )
                 for series in sorted(members, key=_labels):
                     counter.add_metric(series.labels, series.value()[0])
                 yield counter
@@ -60,7 +63,9 @@ class MergedCollector(Collector):
                 yield self._histogram(family, members)
 
     def _histogram(self, family: Family, members: list[CumulativeSeries]) -> Metric:
-        histogram = HistogramMetricFamily(family.name, family.documentation, labels=family.labelnames)
+        histogram = HistogramMetricFamily(
+            family.name, family.documentation, labels=family.labelnames
+        )
         for series in sorted(members, key=_labels):
             bounds = self._state.bounds(series.labels[0], family)
             vector = series.value()
@@ -68,7 +73,7 @@ class MergedCollector(Collector):
             cumulative = 0.0
             for bound, count in zip((*bounds, float("inf")), vector[:-1], strict=True):
                 cumulative += count
-                buckets.append((floatToGoString(bound), cumulative))
+                buckets.append((floatToGoString(bound), cumulative))  # type: ignore[no-untyped-call]
             histogram.add_metric(series.labels, buckets, sum_value=vector[-1])
         return histogram
 
@@ -103,9 +108,7 @@ def skew_family(
         labels = dict(zip(series.family.labelnames, series.labels, strict=True))
         per_engine[(labels["model_name"], labels["engine"])].append(value)
     ratios = {
-        engine: max(times) / min(times)
-        for engine, times in per_engine.items()
-        if min(times) > 0
+        engine: max(times) / min(times) for engine, times in per_engine.items() if min(times) > 0
     }
     if not ratios:
         return None
@@ -120,7 +123,7 @@ def self_metric_families(state: MergeState, now: float) -> Iterator[Metric]:
     """Yield the aggregator's own health families."""
     families = {family.name: family for family in SELF_FAMILIES}
 
-    def metric(name: str, values: dict[tuple[str, ...], float]) -> Metric:
+    def metric(name: str, values: Mapping[Any, float]) -> Metric:
         family = families[name]
         cls = CounterMetricFamily if family.type is MetricType.COUNTER else GaugeMetricFamily
         result = cls(family.name, family.documentation, labels=family.labelnames)
@@ -135,9 +138,9 @@ def self_metric_families(state: MergeState, now: float) -> Iterator[Metric]:
         live[key] += 1
         age[key] = max(age[key], now - source_state.last_seen)
     drops = state.reporter_drops()
-    yield metric("tpmetrics_snapshots_accepted", dict(state.snapshots_accepted))
-    yield metric("tpmetrics_snapshots_rejected", dict(state.snapshots_rejected))
-    yield metric("tpmetrics_samples_rejected", dict(state.samples_rejected))
+    yield metric("tpmetrics_snapshots_accepted", state.snapshots_accepted)
+    yield metric("tpmetrics_snapshots_rejected", state.snapshots_rejected)
+    yield metric("tpmetrics_samples_rejected", state.samples_rejected)
     yield metric("tpmetrics_live_sources", live)
     yield metric("tpmetrics_last_flush_age_seconds", age)
     yield metric(
@@ -151,7 +154,7 @@ def self_metric_families(state: MergeState, now: float) -> Iterator[Metric]:
 
 
 class NameFilter(Collector):
-    """Keeps only the samples whose name is in `names`, as prometheus_client's `name[]` filter does."""
+    """Keeps only the samples whose name is in `names`, like prometheus_client's `name[]`."""
 
     def __init__(self, collector: Collector, names: Collection[str]) -> None:
         self._collector = collector
@@ -178,13 +181,15 @@ def make_registry(
 def render(
     registry: CollectorRegistry, accept: str = "", names: Collection[str] | None = None
 ) -> tuple[bytes, str]:
-    """Encode the registry in the format the `Accept` header asks for; return body and content type."""
+    """Encode the registry in the format that `Accept` asks for; return body and content type."""
     encoder, content_type = choose_encoder(accept)
     if isinstance(encoder, functools.partial) and "escaping" in encoder.keywords:
         # NOTE: prometheus_client's OpenMetrics "underscores" escaping also rewrites
         # colons, which are valid in Prometheus metric names, so vLLM's names would
         # reach Prometheus as vllm_...; every family name here is a valid legacy
         # name, so the allow-utf-8 output is what correct underscore escaping gives.
-        encoder = functools.partial(encoder.func, *encoder.args, **{**encoder.keywords, "escaping": "allow-utf-8"})
+        encoder = functools.partial(
+            encoder.func, *encoder.args, **{**encoder.keywords, "escaping": "allow-utf-8"}
+        )
     source: Collector = registry if not names else NameFilter(registry, names)
     return encoder(source), content_type

@@ -107,8 +107,7 @@ def gauge_value(family: Family, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise RejectedReportError(
             RejectReason.WRONG_TYPE,
-            f"invalid value for gauge {family.name}: expected a number, "
-            f"got {type(value).__name__}",
+            f"invalid value for gauge {family.name}: expected a number, got {type(value).__name__}",
         )
     check_finite(family, float(value))
     return float(value)

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, ValidationInf
 
 SSE_DONE = "data: [DONE]\n\n"
 
-FinishReason = Literal["stop", "length"]
+FinishReason = Literal["stop", "length", "abort", "error"]
 TokenIds = list[NonNegativeInt]
 
 _PROMPT_SHAPES = (

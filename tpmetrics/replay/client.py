@@ -293,7 +293,7 @@ async def _stream_completion(
                 result.e2e_s = now - due
                 return
             chunk = _parse_chunk(data)
-            if chunk["choices"]:
+            if _carries_token(chunk):
                 if last_chunk_at is None:
                     result.ttft_s = now - due
                 else:
@@ -302,6 +302,14 @@ async def _stream_completion(
                 result.chunks += 1
             _record_usage(chunk.get("usage"), result)
     raise ResponseError("stream ended before data: [DONE]")
+
+
+def _carries_token(chunk: dict[str, Any]) -> bool:
+    """Tell whether a chunk carries generated text, not only a finish reason."""
+    choices = chunk["choices"]
+    if not choices:
+        return False
+    return not all(c.get("finish_reason") and not c.get("text") for c in choices)
 
 
 async def _sse_data(response: httpx.Response) -> AsyncIterator[str]:

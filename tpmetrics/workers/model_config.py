@@ -123,7 +123,7 @@ PRESETS: dict[str, ModelConfig] = {
         num_layers=2,
         num_heads=4,
         intermediate_size=512,
-        max_position_embeddings=4096,
+        max_position_embeddings=16384,
         eos_token_id=2,
     ),
     # About 22 M parameters, for runs where compute should outweigh Python overhead.
@@ -133,7 +133,7 @@ PRESETS: dict[str, ModelConfig] = {
         num_layers=4,
         num_heads=8,
         intermediate_size=1536,
-        max_position_embeddings=4096,
+        max_position_embeddings=16384,
         eos_token_id=2,
     ),
 }

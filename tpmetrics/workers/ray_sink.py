@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import ray
 
 from tpmetrics.aggregator.actor import AGGREGATOR_NAME, NAMESPACE, find_aggregator
@@ -25,15 +27,17 @@ class RaySink:
         self._name = name
         self._namespace = namespace
         self._timeout_s = timeout_s
-        self._actor: ray.actor.ActorHandle | None = None
+        self._actor: Any = None
 
-    def actor(self) -> ray.actor.ActorHandle:
+    def actor(self) -> Any:
         if self._actor is None:
             self._actor = find_aggregator(self._name, self._namespace, timeout_s=0.0)
         return self._actor
 
     def send(self, snapshot: Snapshot) -> ReportReply:
-        reply: ReportReply = ray.get(self.actor().report.remote(snapshot), timeout=self._timeout_s)
+        reply: Any = ray.get(self.actor().report.remote(snapshot), timeout=self._timeout_s)
+        if not isinstance(reply, ReportReply):
+            raise TypeError(f"aggregator replied {type(reply).__name__}, expected ReportReply")
         return reply
 
     def reset(self) -> None:
@@ -49,6 +53,6 @@ def connect(
 ) -> Reporter:
     """Build the reporter that `reporter.connect_reporter` returns."""
     actor = find_aggregator(aggregator, namespace, timeout_s)
-    config = ray.get(actor.catalog_config.remote(source.model_name), timeout=timeout_s)
+    config: Any = ray.get(actor.catalog_config.remote(source.model_name), timeout=timeout_s)
     sink = RaySink(aggregator, namespace)
     return Reporter(source, Catalog(config), sink, flush_interval_s)

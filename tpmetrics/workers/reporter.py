@@ -15,15 +15,12 @@ import threading
 import uuid
 from bisect import bisect_left
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
 
 from tpmetrics.aggregator.ratelimit import RateLimitedLog
 from tpmetrics.catalog import Catalog
 from tpmetrics.catalog.types import Family, MetricType, Scope
 from tpmetrics.snapshot import HistogramValue, Sample, Snapshot, SourceId, SourceKind
-
-if TYPE_CHECKING:
-    from tpmetrics.workers.flusher import Flusher, Sink
+from tpmetrics.workers.flusher import Flusher, Sink
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +34,9 @@ class Series:
 
     __slots__ = ("bounds", "counts", "family", "index", "labels", "sum", "value")
 
-    def __init__(self, index: int, family: Family, labels: tuple[str, ...], bounds: tuple[float, ...]) -> None:
+    def __init__(
+        self, index: int, family: Family, labels: tuple[str, ...], bounds: tuple[float, ...]
+    ) -> None:
         self.index = index
         self.family = family
         self.labels = labels
@@ -48,7 +47,9 @@ class Series:
 
     def sample(self) -> Sample:
         if self.family.type is MetricType.HISTOGRAM:
-            value: float | HistogramValue = HistogramValue(self.bounds, tuple(self.counts), self.sum)
+            value: float | HistogramValue = HistogramValue(
+                self.bounds, tuple(self.counts), self.sum
+            )
         else:
             value = self.value
         return Sample(self.family.name, self.labels, value)
@@ -89,8 +90,6 @@ class Reporter:
         self._log = RateLimitedLog(logger, interval_s=10.0)
         self._flusher: Flusher | None = None
         if sink is not None:
-            from tpmetrics.workers.flusher import Flusher
-
             self._flusher = Flusher(self, sink, flush_interval_s)
             self._flusher.start()
 
@@ -221,7 +220,7 @@ class Reporter:
         return self._flusher.flush_now()
 
     def close(self, timeout_s: float = 5.0) -> None:
-        """Stop the flusher and send a final snapshot, so the aggregator retires this incarnation."""
+        """Stop the flusher and send a final snapshot; the aggregator retires this incarnation."""
         if self._flusher is not None:
             self._flusher.close(timeout_s)
             self._flusher = None
@@ -241,7 +240,14 @@ def connect_reporter(
     `timeout_s` seconds for the aggregator to appear; the defaults name the
     actor that `tpmetrics serve` starts.
     """
-    from tpmetrics.aggregator.actor import AGGREGATOR_NAME, NAMESPACE
-    from tpmetrics.workers.ray_sink import connect
+    # Imported here so that recording, and the tests of it, never need Ray.
+    from tpmetrics.aggregator.actor import AGGREGATOR_NAME, NAMESPACE  # noqa: PLC0415
+    from tpmetrics.workers.ray_sink import connect  # noqa: PLC0415
 
-    return connect(source, flush_interval_s, aggregator or AGGREGATOR_NAME, namespace or NAMESPACE, timeout_s)
+    return connect(
+        source,
+        flush_interval_s,
+        aggregator or AGGREGATOR_NAME,
+        namespace or NAMESPACE,
+        timeout_s,
+    )
