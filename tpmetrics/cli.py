@@ -99,6 +99,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="replace bucket families, e.g. '{\"time_to_first_token\": [0.1, 0.5, 1]}'",
     )
     add(
+        "--disable-log-stats",
+        action="store_true",
+        help="do not report engine and TP worker stats (as vLLM's flag of that name); "
+        "/metrics then shows only the aggregator's own families",
+    )
+    add(
         "--address",
         default="local",
         help="'local' starts an embedded Ray (default); 'auto' or HOST:PORT joins "
@@ -143,6 +149,7 @@ def run_serve(args: argparse.Namespace) -> int:
             show_hidden_metrics_for_version=args.show_hidden_metrics_for_version,
             custom_histogram_buckets=buckets,
             seed=args.seed,
+            report_metrics=not args.disable_log_stats,
         )
         config.catalog_config()
     except ValueError as error:

@@ -47,6 +47,7 @@ class ServeConfig:
     show_hidden_metrics_for_version: str | None = None
     custom_histogram_buckets: dict[str, tuple[float, ...]] = field(default_factory=dict)
     seed: int = 0
+    report_metrics: bool = True
 
     def __post_init__(self) -> None:
         for name in ("tensor_parallel_size", "data_parallel_size", "max_num_seqs", "max_model_len"):
@@ -92,6 +93,7 @@ class ServeConfig:
             max_model_len=self.max_model_len,
             enable_prefix_caching=self.enable_prefix_caching,
             seed=self.seed,
+            report_metrics=self.report_metrics,
             flush_interval_s=self.flush_interval_s,
         )
 

@@ -1,0 +1,165 @@
+"""What the metrics path costs the reference engine: one replay with reporting on and off.
+
+Runs `tpmetrics serve`'s deployment on an embedded local Ray, replays the
+same slice of a trace against it with engine and TP worker reporting on,
+then off, alternating, and prints both throughputs side by side. It also
+reads the mean engine step time from `/metrics` (reporting on) to put the
+per-step recording cost measured by `bench_record.py` in proportion.
+
+    python benchmarks/bench_engine_overhead.py --limit 40 --rounds 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import socket
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import ray
+import uvicorn
+from prometheus_client.parser import text_string_to_metric_families
+
+from tpmetrics.head.deployment import Deployment, ServeConfig
+from tpmetrics.replay.client import ReplayOptions, replay_trace
+from tpmetrics.replay.trace import read_trace
+
+DEFAULT_TRACE = (
+    Path(__file__).resolve().parents[2] / "shared" / "traces" / "AzureLLMInferenceTrace_code.csv"
+)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def run_once(
+    args: argparse.Namespace, report: bool, round_index: int
+) -> tuple[float, float | None]:
+    """Replay the slice once; return output tokens per second and the mean rank step time."""
+    name = f"bench-{'on' if report else 'off'}-{round_index}"
+    config = ServeConfig(
+        served_model_name=name,
+        tensor_parallel_size=args.tp,
+        max_model_len=8192,
+        num_kv_blocks=2048,
+        report_metrics=report,
+    )
+    deployment = Deployment(config)
+    app = deployment.start()
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        requests = read_trace(args.trace, limit=args.limit)
+        options = ReplayOptions(
+            url=url,
+            model=name,
+            speedup=args.speedup,
+            max_concurrency=args.concurrency,
+            show_progress=False,
+        )
+        result = asyncio.run(replay_trace(requests, options))
+        failed = [r.error for r in result.results if not r.ok]
+        if failed:
+            raise RuntimeError(f"{len(failed)} requests failed, first: {failed[0]}")
+        tokens = sum(r.prompt_tokens + r.output_tokens for r in requests)
+        step_time = mean_step_time(url, name) if report else None
+        return tokens / result.duration_s, step_time
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        deployment.stop()
+
+
+def mean_step_time(url: str, model: str) -> float | None:
+    time.sleep(2.0)
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    sums = counts = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.labels.get("model_name") != model:
+                continue
+            if sample.name == "tpmetrics:rank_step_time_seconds_sum":
+                sums += sample.value
+            elif sample.name == "tpmetrics:rank_step_time_seconds_count":
+                counts += sample.value
+    return sums / counts if counts else None
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--trace", type=Path, default=DEFAULT_TRACE)
+    parser.add_argument("--limit", type=int, default=40, help="requests per replay (default: 40)")
+    parser.add_argument("--tp", type=int, default=2, help="tensor-parallel size (default: 2)")
+    parser.add_argument(
+        "--rounds", type=int, default=2, help="on/off pairs, alternating (default: 2)"
+    )
+    parser.add_argument("--speedup", type=float, default=100.0, help="trace speedup (default: 100)")
+    parser.add_argument(
+        "--concurrency", type=int, default=16, help="max requests in flight (default: 16)"
+    )
+    args = parser.parse_args(argv)
+
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    ray.init(
+        num_cpus=max(os.cpu_count() or 1, args.tp + 1),
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        _temp_dir=tempfile.mkdtemp(prefix="tpmetrics-bench-"),
+        log_to_driver=False,
+    )
+    throughput: dict[bool, list[float]] = {True: [], False: []}
+    step_times: list[float] = []
+    try:
+        for round_index in range(args.rounds):
+            for report in (True, False):
+                tokens_per_s, step_time = run_once(args, report, round_index)
+                throughput[report].append(tokens_per_s)
+                if step_time is not None:
+                    step_times.append(step_time)
+                print(
+                    f"round {round_index} reporting {'on ' if report else 'off'}: "
+                    f"{tokens_per_s:,.0f} tokens/s",
+                    flush=True,
+                )
+    finally:
+        ray.shutdown()
+
+    on, off = statistics.median(throughput[True]), statistics.median(throughput[False])
+    print(
+        f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"Python {platform.python_version()}"
+    )
+    print(
+        f"replay: first {args.limit} requests of {args.trace.name}, TP {args.tp}, "
+        f"speedup {args.speedup}, concurrency {args.concurrency}"
+    )
+    print(f"{'reporting':<12}{'median tokens/s':>18}{'runs':>40}")
+    print(f"{'on':<12}{on:>18,.0f}{[round(x) for x in throughput[True]]!s:>40}")
+    print(f"{'off':<12}{off:>18,.0f}{[round(x) for x in throughput[False]]!s:>40}")
+    print(f"throughput with reporting on / off: {on / off:.3f}")
+    if step_times:
+        print(
+            f"mean TP rank step time with reporting on: {statistics.mean(step_times) * 1e3:.2f} ms"
+        )
+
+
+if __name__ == "__main__":
+    main()
