@@ -20,6 +20,11 @@ if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
 fi
 bash scripts/setup.sh
 
+echo "static checks: ruff and mypy"
+.venv/bin/ruff check --quiet .
+.venv/bin/ruff format --check --quiet .
+.venv/bin/mypy
+
 export RAY_USAGE_STATS_ENABLED=0
 pytest=(.venv/bin/python -m pytest "$@")
 if [ "$(id -u)" -eq 0 ] && unshare --net true 2>/dev/null; then

@@ -122,7 +122,9 @@ def replay(url: str, limit: int, speedup: float = 20.0) -> tuple[int, int, int]:
     options = ReplayOptions(url=url, model=MODEL, speedup=speedup, show_progress=False)
     result = asyncio.run(replay_trace(requests, options))
     failures = [r.error for r in result.results if not r.ok]
+    token_count_errors = [r.token_count_error for r in result.results if r.token_count_error]
     assert failures == []
+    assert token_count_errors == []
     prompt = sum(r.prompt_tokens for r in requests)
     output = sum(r.output_tokens for r in result.results)
     return len(requests), prompt, output
@@ -266,3 +268,44 @@ def test_prometheus_ttft_quantile_during_replay(server: str) -> None:
 
     assert math.isfinite(values[0])
     assert values[0] > 0
+
+
+def test_completion_batch_with_n_choices(server: str) -> None:
+    body = {
+        "model": MODEL,
+        "prompt": [[11, 12, 13], [21, 22]],
+        "max_tokens": 3,
+        "n": 2,
+        "ignore_eos": True,
+    }
+    response = httpx.post(f"{server}/v1/completions", json=body, timeout=60)
+    result = response.json()
+
+    assert response.status_code == 200
+    assert [choice["index"] for choice in result["choices"]] == [0, 1, 2, 3]
+    assert [choice["finish_reason"] for choice in result["choices"]] == ["length"] * 4
+    assert result["usage"] == {"prompt_tokens": 5, "completion_tokens": 12, "total_tokens": 17}
+
+
+def test_completion_too_long_is_rejected(server: str) -> None:
+    body = {"model": MODEL, "prompt": [5] * 8000, "max_tokens": 500}
+    response = httpx.post(f"{server}/v1/completions", json=body, timeout=60)
+    error = response.json()["error"]
+
+    assert response.status_code == 400
+    assert error["param"] == "max_tokens"
+    assert "8500 in all" in error["message"]
+
+
+def test_completion_unknown_model_is_404(server: str) -> None:
+    body = {"model": "no-such-model", "prompt": "hi", "max_tokens": 2}
+    response = httpx.post(f"{server}/v1/completions", json=body, timeout=60)
+
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "model_not_found"
+
+
+def test_models_lists_served_name(server: str) -> None:
+    response = httpx.get(f"{server}/v1/models", timeout=30)
+
+    assert [card["id"] for card in response.json()["data"]] == [MODEL]

@@ -1,7 +1,7 @@
 """The aggregator's merge state: pure data, no Ray, no I/O but logging.
 
-`MergeState.apply` takes one snapshot; `MergeState.families` returns the
-merged view that the exposition renders. Time is passed in (`now`, seconds
+`MergeState.apply` takes one snapshot; `cumulative_series` and
+`gauge_series` hold the merged view that the exposition renders. Time is passed in (`now`, seconds
 on a monotonic clock) so tests control it.
 """
 
@@ -44,26 +44,13 @@ class SourceState:
     dropped_observations: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class MergedFamily:
-    """One family's merged series, ready to render.
-
-    Counter values are floats; histogram values are `(cumulative bucket
-    counts including +Inf, sum)`.
-    """
-
-    family: Family
-    bounds: tuple[float, ...]
-    series: list[tuple[tuple[str, ...], object]]
-
-
 class MergeState:
     """Merged series of every source, built from cumulative snapshots.
 
     Example:
         >>> state = MergeState()
         >>> reply = state.apply(snapshot, now=0.0)
-        >>> merged = state.families(now=1.0)
+        >>> text, content_type = render(make_registry(state))
     """
 
     def __init__(

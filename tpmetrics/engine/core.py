@@ -160,7 +160,7 @@ class EngineCore:
             while not finished:
                 tokens, final = await _next_items(stream.queue)
                 if tokens:
-                    yield TokenBatch(tuple(tokens))
+                    yield TokenBatch(tuple(tokens), None if final is None else final.finish_reason)
                 if final is not None:
                     finished = True
                     yield final

@@ -94,9 +94,15 @@ class Request:
 
 @dataclass(frozen=True, slots=True)
 class TokenBatch:
-    """New output tokens of one request, in order: one per engine step."""
+    """New output tokens of one request, in order: one per engine step.
+
+    `finish_reason` is set when the request finished right after the last
+    of these tokens, so a frontend can mark that token's chunk as the last;
+    the `FinalOutput` still follows.
+    """
 
     token_ids: tuple[int, ...]
+    finish_reason: FinishReason | None = None
 
 
 @dataclass(frozen=True, slots=True)

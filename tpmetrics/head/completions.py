@@ -51,6 +51,14 @@ class ServedModel:
     created: int
 
 
+@dataclass(frozen=True, slots=True)
+class Token:
+    """One generated token; `finish_reason` is set on the last token of a request."""
+
+    token_id: int
+    finish_reason: str | None = None
+
+
 @dataclass(frozen=True)
 class EngineRequest:
     """One sequence to generate: one prompt of a request, for one of its `n` choices."""
@@ -133,7 +141,7 @@ def check_prompt(ids: list[int], max_tokens: int, model: ServedModel) -> None:
 
 async def generate(
     router: EngineRouter, request: EngineRequest
-) -> AsyncIterator[int | FinalOutput]:
+) -> AsyncIterator[Token | FinalOutput]:
     """Stream one engine request's tokens, then its `FinalOutput`.
 
     The request is aborted in the engine if the consumer stops early.
@@ -153,8 +161,10 @@ async def generate(
             async for ref in stream:
                 item = await ref
                 if isinstance(item, TokenBatch):
-                    for token in item.token_ids:
-                        yield token
+                    last = len(item.token_ids) - 1
+                    for i, token in enumerate(item.token_ids):
+                        reason = item.finish_reason if i == last else None
+                        yield Token(token, None if reason is None else reason.value)
                 else:
                     finished = True
                     yield item
@@ -229,7 +239,7 @@ class CompletionService:
         async for item in generate(self.router, request):
             if isinstance(item, FinalOutput):
                 return tokens, item
-            tokens.append(item)
+            tokens.append(item.token_id)
         raise RuntimeError(
             f"request {request.request_id}: the engine stream ended without a final output"
         )
@@ -239,7 +249,7 @@ class CompletionService:
     ) -> AsyncIterator[str]:
         completion_id = requests[0].request_id.rsplit("-", 1)[0]
         created = unix_time()
-        queue: asyncio.Queue[tuple[EngineRequest, int | FinalOutput | BaseException | None]] = (
+        queue: asyncio.Queue[tuple[EngineRequest, Token | FinalOutput | BaseException | None]] = (
             asyncio.Queue()
         )
         tasks = [asyncio.create_task(self._pump(r, queue)) for r in requests]
@@ -254,6 +264,7 @@ class CompletionService:
             )
 
         completion_tokens = 0
+        finished: set[int] = set()
         remaining = len(tasks)
         try:
             while remaining:
@@ -268,12 +279,18 @@ class CompletionService:
                     )
                     return
                 elif isinstance(item, FinalOutput):
-                    yield chunk(
-                        request.index, decoders[request.index].flush(), item.finish_reason.value
-                    )
+                    if request.index not in finished:
+                        reason = item.finish_reason.value
+                        yield chunk(request.index, decoders[request.index].flush(), reason)
                 else:
                     completion_tokens += 1
-                    yield chunk(request.index, decoders[request.index].decode(item))
+                    decoder = decoders[request.index]
+                    text = decoder.decode(item.token_id)
+                    if item.finish_reason is not None:
+                        # The last token's chunk carries the finish reason, as vLLM's does.
+                        text += decoder.flush()
+                        finished.add(request.index)
+                    yield chunk(request.index, text, item.finish_reason)
             if body.include_usage:
                 usage = Usage.from_counts(prompt_tokens(requests, body.n), completion_tokens)
                 yield sse_event(
@@ -293,7 +310,7 @@ class CompletionService:
     async def _pump(
         self,
         request: EngineRequest,
-        queue: asyncio.Queue[tuple[EngineRequest, int | FinalOutput | BaseException | None]],
+        queue: asyncio.Queue[tuple[EngineRequest, Token | FinalOutput | BaseException | None]],
     ) -> None:
         try:
             async for item in generate(self.router, request):
