@@ -3,8 +3,9 @@
 Runs `tpmetrics serve`'s deployment on an embedded local Ray, replays the
 same slice of a trace against it with engine and TP worker reporting on,
 then off, alternating, and prints both throughputs side by side. It also
-reads the mean engine step time from `/metrics` (reporting on) to put the
-per-step recording cost measured by `bench_record.py` in proportion.
+asks each engine for the time its step loop and its TP ranks spent
+recording metrics, and prints that share of the step time: a direct figure,
+where the throughput ratio is only as precise as the run-to-run noise.
 
     python benchmarks/bench_engine_overhead.py --limit 40 --rounds 2
 """
@@ -22,10 +23,8 @@ import threading
 import time
 from pathlib import Path
 
-import httpx
 import ray
 import uvicorn
-from prometheus_client.parser import text_string_to_metric_families
 
 from tpmetrics.head.deployment import Deployment, ServeConfig
 from tpmetrics.replay.client import ReplayOptions, replay_trace
@@ -78,27 +77,24 @@ def run_once(
         if failed:
             raise RuntimeError(f"{len(failed)} requests failed, first: {failed[0]}")
         tokens = sum(r.prompt_tokens + r.output_tokens for r in requests)
-        step_time = mean_step_time(url, name) if report else None
-        return tokens / result.duration_s, step_time
+        engine, ranks = ray.get(deployment.engines[0].step_timing.remote())
+        slowest = max(ranks, key=lambda r: r.record_s)
+        share = (engine.record_s + slowest.record_s) / engine.step_s
+        print(
+            f"  reporting {'on' if report else 'off'}: {engine.steps} engine steps of "
+            f"{engine.step_s * 1e3 / engine.steps:.1f} ms; recording CPU per step: engine "
+            f"{engine.record_s * 1e6 / engine.steps:.1f} us, ranks "
+            + ", ".join(f"{r.record_s * 1e6 / max(r.steps, 1):.1f} us" for r in ranks)
+            + f"; flusher CPU: engine {engine.flush_s * 1e3:.1f} ms, ranks "
+            + ", ".join(f"{r.flush_s * 1e3:.1f} ms" for r in ranks)
+            + f" over {result.duration_s:.1f} s",
+            flush=True,
+        )
+        return tokens / result.duration_s, share
     finally:
         server.should_exit = True
         thread.join(timeout=10)
         deployment.stop()
-
-
-def mean_step_time(url: str, model: str) -> float | None:
-    time.sleep(2.0)
-    text = httpx.get(f"{url}/metrics", timeout=30).text
-    sums = counts = 0.0
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.labels.get("model_name") != model:
-                continue
-            if sample.name == "tpmetrics:rank_step_time_seconds_sum":
-                sums += sample.value
-            elif sample.name == "tpmetrics:rank_step_time_seconds_count":
-                counts += sample.value
-    return sums / counts if counts else None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -126,14 +122,14 @@ def main(argv: list[str] | None = None) -> None:
         log_to_driver=False,
     )
     throughput: dict[bool, list[float]] = {True: [], False: []}
-    step_times: list[float] = []
+    shares: list[float] = []
     try:
         for round_index in range(args.rounds):
             for report in (True, False):
-                tokens_per_s, step_time = run_once(args, report, round_index)
+                tokens_per_s, share = run_once(args, report, round_index)
                 throughput[report].append(tokens_per_s)
-                if step_time is not None:
-                    step_times.append(step_time)
+                if report:
+                    shares.append(share)
                 print(
                     f"round {round_index} reporting {'on ' if report else 'off'}: "
                     f"{tokens_per_s:,.0f} tokens/s",
@@ -155,10 +151,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{'on':<12}{on:>18,.0f}{[round(x) for x in throughput[True]]!s:>40}")
     print(f"{'off':<12}{off:>18,.0f}{[round(x) for x in throughput[False]]!s:>40}")
     print(f"throughput with reporting on / off: {on / off:.3f}")
-    if step_times:
-        print(
-            f"mean TP rank step time with reporting on: {statistics.mean(step_times) * 1e3:.2f} ms"
-        )
+    print(
+        "share of engine step time spent recording metrics (reporting on): "
+        + ", ".join(f"{share:.4%}" for share in shares)
+    )
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from tpmetrics.engine.scheduler import Scheduler, SchedulerConfig, SchedulerOutp
 from tpmetrics.engine.stats import CacheConfigInfo, IterationStats, StatsRecorder, StepStats
 from tpmetrics.snapshot import SourceId, SourceKind
 from tpmetrics.workers.model_config import ModelConfig, resolve_model
+from tpmetrics.workers.step import StepTiming
 from tpmetrics.workers.tp_worker import TPGroup
 
 logger = logging.getLogger(__name__)
@@ -108,6 +109,7 @@ class EngineCore:
         self._wake = threading.Condition()
         self._streams: dict[str, _Stream] = {}
         self._stats_pending = False
+        self._timing = StepTiming()
         self._stopping = False
         self._closed = False
 
@@ -277,6 +279,7 @@ class EngineCore:
             logger.error("engine %d: scheduled an empty step", self._config.engine)
             time.sleep(0.01)
             return
+        start = time.perf_counter()
         try:
             step_outputs = self._group.execute_step(output.step_input)
             with self._wake:
@@ -294,7 +297,16 @@ class EngineCore:
                 deliveries = self._deliveries({}, tuple(failed))
                 stats = self._take_stats(None)
         self._deliver(deliveries)
+        recorded = time.thread_time()
         self._record(stats)
+        self._timing.add(time.perf_counter() - start, time.thread_time() - recorded)
+
+    async def step_timing(self) -> tuple[StepTiming, list[StepTiming]]:
+        """Return the seconds this engine spent in steps and in recording, then each rank's."""
+        ranks = await asyncio.gather(*(w.step_timing.remote() for w in self._group.workers))
+        if self._recorder is not None:
+            self._timing.flush_s = self._recorder.flush_cpu_s
+        return self._timing, list(ranks)
 
     def _deliveries(
         self, new_tokens: dict[str, int], finished: tuple[Request, ...]

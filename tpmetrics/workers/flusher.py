@@ -44,6 +44,7 @@ class Flusher:
         self._send_lock = threading.Lock()
         self._aggregator_id: str | None = None
         self._needs_full = True
+        self.cpu_s = 0.0
         self._log = RateLimitedLog(logger, interval_s=30.0)
         self._thread = threading.Thread(
             target=self._run, name=f"tpmetrics-flusher-{reporter.source}", daemon=True
@@ -58,6 +59,13 @@ class Flusher:
 
     def flush_now(self, final: bool = False) -> bool:
         """Build and send one snapshot; return whether the aggregator took it."""
+        start = time.thread_time()
+        try:
+            return self._flush(final)
+        finally:
+            self.cpu_s += time.thread_time() - start
+
+    def _flush(self, final: bool) -> bool:
         with self._send_lock:
             snapshot = self._reporter.snapshot(full=self._needs_full or final, final=final)
             try:

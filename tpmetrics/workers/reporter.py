@@ -219,6 +219,11 @@ class Reporter:
             for sample in snapshot.samples:
                 self._dirty.add(self._series[(sample.family, sample.labels)])
 
+    @property
+    def flush_cpu_s(self) -> float:
+        """CPU seconds the flusher thread has spent building and sending snapshots."""
+        return 0.0 if self._flusher is None else self._flusher.cpu_s
+
     def flush(self) -> bool:
         """Send what changed now, from the calling thread; return whether it was delivered."""
         if self._flusher is None:

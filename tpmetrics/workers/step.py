@@ -56,3 +56,24 @@ class StepOutput:
     @property
     def step_time_s(self) -> float:
         return self.forward_time_s + self.collective_time_s
+
+
+@dataclass(slots=True)
+class StepTiming:
+    """Where a step loop's time went, for measuring what metrics cost it.
+
+    `step_s` is the wall-clock time of the steps. `record_s` is the CPU time
+    the stepping thread spent recording their stats (thread CPU time, so time
+    spent waiting for the GIL does not count), and `flush_s` the CPU time of
+    the reporter's flusher thread.
+    """
+
+    steps: int = 0
+    step_s: float = 0.0
+    record_s: float = 0.0
+    flush_s: float = 0.0
+
+    def add(self, step_s: float, record_s: float) -> None:
+        self.steps += 1
+        self.step_s += step_s
+        self.record_s += record_s

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -24,7 +25,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from tpmetrics.snapshot import SourceId, SourceKind
 from tpmetrics.workers.model import LlamaShard, build_model
 from tpmetrics.workers.model_config import ModelConfig, resolve_model
-from tpmetrics.workers.step import StepInput, StepOutput
+from tpmetrics.workers.step import StepInput, StepOutput, StepTiming
 
 if TYPE_CHECKING:
     from tpmetrics.workers.reporter import Reporter, Series
@@ -45,7 +46,6 @@ class WorkerSpec:
     config: ModelConfig
     weights_dir: Path | None
     tp_size: int
-    init_method: str
     use_gpu: bool
     model_name: str
     engine: int
@@ -80,8 +80,17 @@ class TPWorker:
         self._model: LlamaShard | None = None
         self._reporter: Reporter | None = None
         self._series: _RankSeries | None = None
+        self._timing = StepTiming()
 
-    def setup(self) -> None:
+    def rendezvous(self) -> str:
+        """Return a `tcp://` init method on this rank's node, with a port free there now.
+
+        The launcher asks rank 0 and hands the address to every rank's `setup`.
+        """
+        host: str = ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
+        return f"tcp://{host}:{_free_port(host)}"
+
+    def setup(self, init_method: str) -> None:
         """Join the TP process group, load this rank's model shard and allocate its KV cache."""
         spec = self._spec
         # One thread per rank: TP ranks on one machine would otherwise
@@ -97,7 +106,7 @@ class TPWorker:
             backend = "nccl"
         dist.init_process_group(
             backend,
-            init_method=spec.init_method,
+            init_method=init_method,
             world_size=spec.tp_size,
             rank=self._rank,
             timeout=COLLECTIVE_TIMEOUT,
@@ -132,6 +141,7 @@ class TPWorker:
         """
         if self._model is None:
             raise RuntimeError(f"engine {self._spec.engine} rank {self._rank}: setup has not run")
+        start = time.perf_counter()
         result = self._model.forward(step_input)
         output = StepOutput(
             step=step_input.step,
@@ -141,8 +151,16 @@ class TPWorker:
             forward_time_s=result.forward_time_s,
             collective_time_s=result.collective_time_s,
         )
+        recorded = time.thread_time()
         self._record(output)
+        self._timing.add(time.perf_counter() - start, time.thread_time() - recorded)
         return output
+
+    def step_timing(self) -> StepTiming:
+        """Return the seconds this rank spent in steps and in recording their metrics."""
+        if self._reporter is not None:
+            self._timing.flush_s = self._reporter.flush_cpu_s
+        return self._timing
 
     def shutdown(self) -> None:
         """Send the final metrics snapshot and leave the process group."""
@@ -252,14 +270,10 @@ class TPGroup:
         use_gpu = _gpus_for_every_rank(tp_size)
         bundle = {"GPU": 1.0} if use_gpu else {"CPU": 1.0}
         group_handle = _reserve(tp_size, bundle, engine)
-        # NOTE: the init method binds rank 0 on 127.0.0.1, so every rank must
-        # run on the launcher's node. PACK prefers one node but spreads the
-        # bundles when no single node has room for all of them.
         spec = WorkerSpec(
             config=config,
             weights_dir=weights_dir,
             tp_size=tp_size,
-            init_method=f"tcp://127.0.0.1:{_free_port()}",
             use_gpu=use_gpu,
             model_name=model_name,
             engine=engine,
@@ -278,7 +292,9 @@ class TPGroup:
             backend="nccl" if use_gpu else "gloo",
         )
         try:
-            ray.get([worker.setup.remote() for worker in workers], timeout=SETUP_TIMEOUT_S)
+            init_method = ray.get(workers[0].rendezvous.remote(), timeout=SETUP_TIMEOUT_S)
+            setups = [worker.setup.remote(init_method) for worker in workers]
+            ray.get(setups, timeout=SETUP_TIMEOUT_S)
         except BaseException:
             logger.exception("engine %d: TP group setup failed; stopping its workers", engine)
             group._release()
@@ -291,6 +307,11 @@ class TPGroup:
             group.backend,
         )
         return group
+
+    def step_timings(self) -> list[StepTiming]:
+        """Return each rank's step and recording seconds, in rank order."""
+        timings: list[StepTiming] = ray.get([w.step_timing.remote() for w in self.workers])
+        return timings
 
     def execute_step(self, step_input: StepInput) -> list[StepOutput]:
         """Run one step on every rank and return their outputs in rank order."""
@@ -333,7 +354,10 @@ def _gpus_for_every_rank(tp_size: int) -> bool:
 
 def _reserve(tp_size: int, bundle: dict[str, float], engine: int) -> PlacementGroup:
     group_handle: PlacementGroup = placement_group(
-        [dict(bundle) for _ in range(tp_size)], strategy="PACK"
+        # One node for the whole group: TP all-reduces every layer, which
+        # only pays off over a node's own interconnect.
+        [dict(bundle) for _ in range(tp_size)],
+        strategy="STRICT_PACK",
     )
     try:
         ray.get(group_handle.ready(), timeout=PLACEMENT_TIMEOUT_S)
@@ -362,10 +386,10 @@ def _start_workers(spec: WorkerSpec, group_handle: PlacementGroup) -> list[Any]:
     return workers
 
 
-def _free_port() -> int:
+def _free_port(host: str) -> int:
     # NOTE: another process may take the port before rank 0 binds it; setup
     # then fails with an address-in-use error.
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((host, 0))
         port: int = sock.getsockname()[1]
         return port
