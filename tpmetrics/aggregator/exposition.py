@@ -50,7 +50,7 @@ class MergedCollector(Collector):
         by_family: dict[str, list[CumulativeSeries]] = defaultdict(list)
         for series in self._state.cumulative_series():
             by_family[series.family.name].append(series)
-        for members in by_family.values():
+        for _, members in sorted(by_family.items()):
             family = members[0].family
             if family.type is MetricType.COUNTER:
                 counter = CounterMetricFamily(
@@ -84,7 +84,7 @@ class MergedCollector(Collector):
             value = series.value(live)
             if value is not None:
                 by_family[series.family.name].append((series, value))
-        for members in by_family.values():
+        for _, members in sorted(by_family.items()):
             family = members[0][0].family
             gauge = GaugeMetricFamily(family.name, family.documentation, labels=family.labelnames)
             for series, value in sorted(members, key=lambda m: m[0].labels):
