@@ -23,12 +23,18 @@ import threading
 import time
 from pathlib import Path
 
-import ray
-import uvicorn
+from tpmetrics.cli import use_loopback_only
 
-from tpmetrics.head.deployment import Deployment, ServeConfig
-from tpmetrics.replay.client import ReplayOptions, replay_trace
-from tpmetrics.replay.trace import read_trace
+# Ray reads both at import: no usage reports, and a node on 127.0.0.1.
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+use_loopback_only()
+
+import ray  # noqa: E402
+import uvicorn  # noqa: E402
+
+from tpmetrics.head.deployment import Deployment, ServeConfig  # noqa: E402
+from tpmetrics.replay.client import ReplayOptions, replay_trace  # noqa: E402
+from tpmetrics.replay.trace import read_trace  # noqa: E402
 
 DEFAULT_TRACE = (
     Path(__file__).resolve().parents[2] / "shared" / "traces" / "AzureLLMInferenceTrace_code.csv"
@@ -113,7 +119,6 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
 
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     ray.init(
         num_cpus=max(os.cpu_count() or 1, args.tp + 1),
         include_dashboard=False,

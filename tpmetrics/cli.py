@@ -118,9 +118,24 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def use_loopback_only() -> None:
+    """Make an embedded Ray bind its node to 127.0.0.1 instead of the machine's routable address.
+
+    Ray replaces a 127.0.0.1 node address with the routable one unless it
+    runs in single-machine mode, which RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
+    selects on every platform (ray/_private/services.py,
+    get_node_ip_address, Ray 2.60). It must be set before Ray is imported.
+    """
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+
 def run_serve(args: argparse.Namespace) -> int:
     """Start Ray or join it, then the aggregator, engines and HTTP server; stop all on Ctrl-C."""
-    # Imported here so that `tpmetrics replay` and `--help` start fast without Ray and torch.
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if args.address == "local":
+        use_loopback_only()
+    # Imported here so that `tpmetrics replay` and `--help` start fast without Ray and torch,
+    # and after the environment above, which Ray reads at import.
     import ray  # noqa: PLC0415
     import uvicorn  # noqa: PLC0415
 
@@ -156,7 +171,6 @@ def run_serve(args: argparse.Namespace) -> int:
         print(f"tpmetrics serve: error: {error}", file=sys.stderr)
         return 2
 
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     workers = config.tensor_parallel_size * config.data_parallel_size
     if args.address == "local":
         temp_dir = tempfile.mkdtemp(prefix="tpmetrics-ray-")
