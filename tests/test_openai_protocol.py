@@ -197,3 +197,34 @@ def test_completion_ids_are_fresh() -> None:
     first, second = new_completion_id(), new_completion_id()
     assert first.startswith("cmpl-")
     assert first != second
+
+
+def test_invalid_json_body_message() -> None:
+    errors = [
+        {
+            "type": "json_invalid",
+            "loc": ("body", 36),
+            "msg": "JSON decode error",
+            "ctx": {"error": "Expecting value"},
+        }
+    ]
+    response = validation_error_response(errors)
+
+    assert response.error.param is None
+    assert response.error.message == (
+        "the request body is not valid JSON: Expecting value at character 36; send a JSON object"
+    )
+
+
+def test_non_object_body_message() -> None:
+    errors = [
+        {
+            "type": "model_attributes_type",
+            "loc": ("body",),
+            "msg": "Input should be a valid dictionary",
+        }
+    ]
+    response = validation_error_response(errors)
+
+    assert response.error.param is None
+    assert response.error.message.startswith("the request body must be a JSON object")

@@ -58,14 +58,23 @@ class _Stream:
     loop: asyncio.AbstractEventLoop
     queue: asyncio.Queue[int | FinalOutput] = field(default_factory=asyncio.Queue)
 
-    def put_threadsafe(self, item: int | FinalOutput) -> None:
+    def put_threadsafe(self, *items: int | FinalOutput) -> None:
+        """Queue `items` from another thread, all in one event-loop callback.
+
+        So a consumer that wakes on the first item finds the others queued
+        too: a request's last token and its `FinalOutput` arrive together.
+        """
         try:
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+            self.loop.call_soon_threadsafe(self._put_all, items)
         except RuntimeError:
             logger.warning("dropped an output for a stream whose event loop is closed")
 
+    def _put_all(self, items: tuple[int | FinalOutput, ...]) -> None:
+        for item in items:
+            self.queue.put_nowait(item)
 
-_Delivery = tuple[_Stream, int | FinalOutput]
+
+_Delivery = tuple[_Stream, list[int | FinalOutput]]
 
 
 def final_output(request: Request) -> FinalOutput:
@@ -311,20 +320,20 @@ class EngineCore:
     def _deliveries(
         self, new_tokens: dict[str, int], finished: tuple[Request, ...]
     ) -> list[_Delivery]:
-        deliveries: list[_Delivery] = []
+        items: dict[str, tuple[_Stream, list[int | FinalOutput]]] = {}
         for request_id, token in new_tokens.items():
             stream = self._streams.get(request_id)
             if stream is not None:
-                deliveries.append((stream, token))
+                items[request_id] = (stream, [token])
         for request in finished:
             stream = self._streams.pop(request.request_id, None)
             if stream is not None:
-                deliveries.append((stream, final_output(request)))
-        return deliveries
+                items.setdefault(request.request_id, (stream, []))[1].append(final_output(request))
+        return list(items.values())
 
     def _deliver(self, deliveries: list[_Delivery]) -> None:
-        for stream, item in deliveries:
-            stream.put_threadsafe(item)
+        for stream, stream_items in deliveries:
+            stream.put_threadsafe(*stream_items)
 
     def _record(self, stats: StepStats) -> None:
         if self._recorder is None:

@@ -130,6 +130,13 @@ def check_prompt(ids: list[int], max_tokens: int, model: ServedModel) -> None:
             f"of model {model.name!r}",
             "prompt",
         )
+    if len(ids) >= model.max_model_len:
+        raise InvalidRequestError(
+            f"the prompt has {len(ids)} tokens, but this model's context length is "
+            f"{model.max_model_len}, which must also hold at least one generated token: "
+            "shorten the prompt",
+            "prompt",
+        )
     if len(ids) + max_tokens > model.max_model_len:
         raise InvalidRequestError(
             f"the prompt has {len(ids)} tokens and max_tokens is {max_tokens}, "

@@ -197,6 +197,9 @@ def validation_error_response(errors: Sequence[Mapping[str, Any]]) -> ErrorRespo
     """
     if not errors:
         return invalid_request("invalid request")
+    body_error = _body_error(errors[0])
+    if body_error is not None:
+        return invalid_request(body_error)
     parts = []
     for error in errors:
         location = _field_location(error.get("loc", ()))
@@ -205,6 +208,21 @@ def validation_error_response(errors: Sequence[Mapping[str, Any]]) -> ErrorRespo
     first_location = _field_location(errors[0].get("loc", ()))
     param = first_location[0] if first_location else None
     return invalid_request("; ".join(parts), param)
+
+
+def _body_error(error: Mapping[str, Any]) -> str | None:
+    """Describe an error about the body as a whole (not JSON, not an object), else None."""
+    location = list(error.get("loc", ()))
+    if error.get("type") == "json_invalid":
+        position = location[1] if len(location) > 1 else "?"
+        reason = error.get("ctx", {}).get("error", "invalid JSON")
+        return (
+            f"the request body is not valid JSON: {reason} at character {position}; "
+            "send a JSON object"
+        )
+    if location == ["body"]:
+        return f"the request body must be a JSON object: {error.get('msg', 'invalid value')}"
+    return None
 
 
 def _is_token_ids(items: list[Any]) -> bool:
