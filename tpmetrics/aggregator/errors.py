@@ -6,7 +6,7 @@ import enum
 
 
 class RejectReason(enum.Enum):
-    """Why a sample or a whole snapshot was rejected; the `reason` label value."""
+    """The reason a sample or a whole snapshot was rejected, used as the `reason` label value."""
 
     UNKNOWN_FAMILY = "unknown_family"
     DERIVED_FAMILY = "derived_family"

@@ -181,13 +181,13 @@ def make_registry(
 def render(
     registry: CollectorRegistry, accept: str = "", names: Collection[str] | None = None
 ) -> tuple[bytes, str]:
-    """Encode the registry in the format that `Accept` asks for; return body and content type."""
+    """Encode the registry in the format the `Accept` header requests; return body and type."""
     encoder, content_type = choose_encoder(accept)
     if isinstance(encoder, functools.partial) and "escaping" in encoder.keywords:
-        # NOTE: prometheus_client's OpenMetrics "underscores" escaping also rewrites
-        # colons, which are valid in Prometheus metric names, so vLLM's names would
-        # reach Prometheus as vllm_...; every family name here is a valid legacy
-        # name, so the allow-utf-8 output is what correct underscore escaping gives.
+        # NOTE: prometheus_client's OpenMetrics "underscores" escaping (0.26) also
+        # rewrites colons, which are valid in Prometheus metric names, so vLLM's
+        # names would reach Prometheus as vllm_... Every family name here is a
+        # valid legacy name, so allow-utf-8 output equals correct underscore escaping.
         encoder = functools.partial(
             encoder.func, *encoder.args, **{**encoder.keywords, "escaping": "allow-utf-8"}
         )

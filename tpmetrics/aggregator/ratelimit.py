@@ -8,7 +8,7 @@ from collections.abc import Hashable
 
 
 class RateLimitedLog:
-    """Log at most one line per key every `interval_s` seconds, then say how many were held back."""
+    """Log at most one line per key every `interval_s` seconds, then log how many were held back."""
 
     def __init__(self, logger: logging.Logger, interval_s: float) -> None:
         self._logger = logger

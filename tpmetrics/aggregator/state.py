@@ -31,7 +31,7 @@ RETIRED_INCARNATIONS_KEPT = 16
 
 @dataclass(slots=True)
 class SourceState:
-    """What the aggregator knows about the live incarnation of one source."""
+    """The aggregator's record of the live incarnation of one source."""
 
     source: SourceId
     incarnation: str

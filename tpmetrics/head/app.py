@@ -17,7 +17,7 @@ HEALTH_TIMEOUT_S = 5.0
 
 
 async def health(request: Request) -> JSONResponse:
-    """Return 200 when the aggregator answers within the timeout, 503 otherwise."""
+    """Return 200 when the aggregator responds within the timeout, 503 otherwise."""
     aggregator: Any = request.app.state.aggregator
     try:
         aggregator_id = await asyncio.wait_for(

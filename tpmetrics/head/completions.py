@@ -43,7 +43,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ServedModel:
-    """What the head needs to know of the model it serves."""
+    """The facts about the served model that the head checks requests against."""
 
     name: str
     vocab_size: int

@@ -108,7 +108,7 @@ class Deployment:
         self.app: FastAPI | None = None
 
     def start(self) -> FastAPI:
-        """Start the actors, wait until every engine answers, and return the head app."""
+        """Start the actors, wait until every engine responds, and return the head app."""
         config = self.config
         model_config, _ = resolve_model(config.model)
         model_config.check_tp_size(config.tensor_parallel_size)

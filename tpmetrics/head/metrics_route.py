@@ -19,7 +19,7 @@ SCRAPE_TIMEOUT_S = 10.0
 
 
 async def metrics(request: Request) -> Response:
-    """Render the merged metrics in the format the `Accept` header asks for.
+    """Render the merged metrics in the format the `Accept` header requests.
 
     `name[]` query parameters keep only the samples of those names, as
     prometheus_client's HTTP handler does; `Accept-Encoding: gzip` compresses.

@@ -17,7 +17,7 @@ logger = logging.getLogger(__name__)
 
 
 class Sink(Protocol):
-    """Where snapshots go. `send` may block and may raise; the flusher handles both."""
+    """The destination of snapshots. `send` may block and may raise; the flusher handles both."""
 
     def send(self, snapshot: Snapshot) -> ReportReply: ...
 
