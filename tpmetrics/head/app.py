@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -12,6 +13,8 @@ from fastapi.responses import JSONResponse
 from tpmetrics import __version__
 from tpmetrics.head.completions import CompletionService, validation_exception_handler
 from tpmetrics.head.metrics_route import metrics
+
+logger = logging.getLogger(__name__)
 
 HEALTH_TIMEOUT_S = 5.0
 
@@ -24,6 +27,7 @@ async def health(request: Request) -> JSONResponse:
             aggregator.aggregator_id.remote(), timeout=HEALTH_TIMEOUT_S
         )
     except Exception as error:
+        logger.warning("health check failed: %s: %s", type(error).__name__, error)
         return JSONResponse(
             {"status": "unavailable", "error": f"{type(error).__name__}: {error}"}, status_code=503
         )

@@ -206,10 +206,12 @@ class CompletionService:
         try:
             requests = engine_requests(body, self.model, self.tokenizer)
         except InvalidRequestError as error:
+            logger.info("rejected a completion request: %s", error)
             return JSONResponse(
                 invalid_request(str(error), error.param).model_dump(), status_code=400
             )
         except ValueError as error:
+            logger.info("rejected a completion request: %s", error)
             return JSONResponse(invalid_request(str(error), "prompt").model_dump(), status_code=400)
         if body.stream:
             events = self._stream(body, requests)
@@ -220,6 +222,7 @@ class CompletionService:
         try:
             results = await asyncio.gather(*(self._collect(r) for r in requests))
         except ValueError as error:
+            logger.info("an engine rejected completion %s: %s", requests[0].request_id, error)
             return JSONResponse(invalid_request(str(error)).model_dump(), status_code=400)
         choices = []
         completion_tokens = 0
