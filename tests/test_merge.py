@@ -340,3 +340,50 @@ def test_exposition_escapes_model_name() -> None:
 
     assert value(samples, "vllm:prompt_tokens_total", model_name=model, engine="0") == 5
     assert '\\"' in scrape_text(state, now=0.0)
+
+
+def test_malformed_sample_rejected_alone() -> None:
+    state = MergeState()
+    bounds = (1.0, 2.0, 5.0, 10.0, 20.0)
+    broken = HistogramValue(bounds, (None, 0, 0, 0, 0, 0), 1.0)  # type: ignore[arg-type]
+    bad = Sample("vllm:request_params_n", (MODEL, "0"), broken)
+    good = Sample("vllm:generation_tokens", (MODEL, "0"), 4)
+    reply = state.apply(snapshot(engine(0), "a", 1, [bad, good]), now=0.0)
+    samples = scrape(state, now=0.0)
+
+    assert reply.accepted == 1
+    assert (
+        value(samples, "tpmetrics_samples_rejected_total", model_name=MODEL, reason="malformed")
+        == 1
+    )
+    assert value(samples, "vllm:generation_tokens_total", **ENGINE0) == 4
+
+
+def test_silent_source_returns_with_same_incarnation() -> None:
+    state = MergeState(gauge_ttl_s=3.0)
+    running = Sample("vllm:num_requests_running", (MODEL, "0"), 2)
+    state.apply(snapshot(engine(0), "a", 1, [running, counter("vllm:prompt_tokens", 5)]), 0.0)
+    silent = scrape(state, now=400.0)
+    state.apply(snapshot(engine(0), "a", 2, [counter("vllm:prompt_tokens", 7)]), now=401.0)
+    back = scrape(state, now=401.0)
+
+    assert value(silent, "vllm:num_requests_running", **ENGINE0) is None
+    assert value(back, "vllm:prompt_tokens_total", **ENGINE0) == 7
+    assert value(back, "vllm:num_requests_running", **ENGINE0) == 2
+
+
+def test_bucket_change_restarts_histogram() -> None:
+    state = MergeState()
+    name = "vllm:request_params_n"
+    old = HistogramValue((1.0, 2.0, 5.0, 10.0, 20.0), (3, 0, 0, 0, 0, 0), 3.0)
+    state.apply(snapshot(frontend(0), "a", 1, [Sample(name, (MODEL, "0"), old)]), now=0.0)
+    state.configure_model(MODEL, CatalogConfig(custom_buckets={"request_params_n": (4.0,)}))
+    before = scrape(state, now=0.0)
+    new = HistogramValue((4.0,), (2, 0), 2.0)
+    reply = state.apply(snapshot(frontend(1), "b", 1, [Sample(name, (MODEL, "0"), new)]), 0.0)
+    after = scrape(state, now=0.0)
+
+    assert value(before, f"{name}_count", **ENGINE0) == 3
+    assert reply.accepted == 1
+    assert value(after, f"{name}_bucket", **ENGINE0, le="4.0") == 2
+    assert value(after, f"{name}_count", **ENGINE0) == 2

@@ -33,12 +33,11 @@ class Aggregator:
         default_config: CatalogConfig | None = None,
         model_configs: Mapping[str, CatalogConfig] | None = None,
         gauge_ttl_s: float = 3.0,
-        source_ttl_s: float = 300.0,
     ) -> None:
         logging.basicConfig(
             level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
         )
-        self._state = MergeState(default_config, gauge_ttl_s=gauge_ttl_s, source_ttl_s=source_ttl_s)
+        self._state = MergeState(default_config, gauge_ttl_s=gauge_ttl_s)
         for model_name, config in (model_configs or {}).items():
             self._state.configure_model(model_name, config)
         self._registry = make_registry(self._state)

@@ -41,7 +41,6 @@ class MergedCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         now = self._clock()
-        self._state.expire(now)
         yield from self._cumulative_families()
         yield from self._gauge_families(now)
         yield from self_metric_families(self._state, now)
@@ -67,11 +66,10 @@ class MergedCollector(Collector):
             family.name, family.documentation, labels=family.labelnames
         )
         for series in sorted(members, key=_labels):
-            bounds = self._state.bounds(series.labels[0], family)
             vector = series.value()
             buckets: list[tuple[str, float]] = []
             cumulative = 0.0
-            for bound, count in zip((*bounds, float("inf")), vector[:-1], strict=True):
+            for bound, count in zip((*series.bounds, float("inf")), vector[:-1], strict=True):
                 cumulative += count
                 buckets.append((floatToGoString(bound), cumulative))  # type: ignore[no-untyped-call]
             histogram.add_metric(series.labels, buckets, sum_value=vector[-1])

@@ -105,6 +105,7 @@ class CumulativeSeries:
     family: Family
     labels: tuple[str, ...]
     width: int
+    bounds: tuple[float, ...] = ()
     retired: Vector = ()
     groups: dict[object, list[Era]] = field(default_factory=dict)
 

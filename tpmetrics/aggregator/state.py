@@ -18,7 +18,7 @@ from tpmetrics.aggregator.errors import RejectedReportError, RejectReason
 from tpmetrics.aggregator.ratelimit import RateLimitedLog
 from tpmetrics.aggregator.series import CumulativeSeries, GaugeContribution, GaugeSeries
 from tpmetrics.catalog import Catalog, CatalogConfig
-from tpmetrics.catalog.types import Family, MetricType
+from tpmetrics.catalog.types import MetricType
 from tpmetrics.snapshot import ReportReply, Sample, Snapshot, SourceId
 
 logger = logging.getLogger(__name__)
@@ -57,16 +57,11 @@ class MergeState:
         self,
         default_config: CatalogConfig | None = None,
         gauge_ttl_s: float = 3.0,
-        source_ttl_s: float = 300.0,
     ) -> None:
-        if gauge_ttl_s <= 0 or source_ttl_s < gauge_ttl_s:
-            raise ValueError(
-                f"invalid time-to-live: gauge_ttl_s must be > 0 and source_ttl_s >= gauge_ttl_s, "
-                f"got {gauge_ttl_s} and {source_ttl_s}"
-            )
+        if not gauge_ttl_s > 0:
+            raise ValueError(f"invalid gauge time-to-live {gauge_ttl_s!r}: expected seconds > 0")
         self.aggregator_id = uuid.uuid4().hex
         self.gauge_ttl_s = gauge_ttl_s
-        self.source_ttl_s = source_ttl_s
         self._default_config = default_config or CatalogConfig()
         self._default_catalog = Catalog(self._default_config)
         self._catalogs: dict[str, Catalog] = {}
@@ -117,13 +112,15 @@ class MergeState:
         rejected: list[str] = []
         accepted = 0
         for sample in snapshot.samples:
-            try:
-                self._apply_sample(catalog, state, sample, snapshot.step, now)
+            rejection = self._try_sample(catalog, state, sample, snapshot.step, now)
+            if rejection is None:
                 accepted += 1
-            except RejectedReportError as error:
-                self.samples_rejected[(model, error.reason.value)] += 1
-                self._log.warning((source, error.reason), "%s: sample rejected: %s", source, error)
-                rejected.append(error.message)
+                continue
+            self.samples_rejected[(model, rejection.reason.value)] += 1
+            self._log.warning(
+                (source, rejection.reason), "%s: sample rejected: %s", source, rejection
+            )
+            rejected.append(rejection.message)
         self.snapshots_accepted[(model, source.kind.value)] += 1
         if snapshot.final:
             logger.info("%s: incarnation %s closed", source, snapshot.incarnation)
@@ -160,6 +157,24 @@ class MergeState:
         self._sources[source] = state
         return state
 
+    def _try_sample(
+        self, catalog: Catalog, state: SourceState, sample: Sample, step: int, now: float
+    ) -> RejectedReportError | None:
+        """Apply one sample; return the error that rejected it, if any."""
+        try:
+            self._apply_sample(catalog, state, sample, step, now)
+        except RejectedReportError as error:
+            return error
+        except (TypeError, ValueError, AttributeError) as error:
+            # A value of a shape the checks do not name (a None count, a string
+            # bound): reject this sample alone, like any other invalid one.
+            family = getattr(sample, "family", "?")
+            return RejectedReportError(
+                RejectReason.MALFORMED,
+                f"invalid sample of {family}: {type(error).__name__}: {error}",
+            )
+        return None
+
     def _apply_sample(
         self, catalog: Catalog, state: SourceState, sample: Sample, step: int, now: float
     ) -> None:
@@ -178,14 +193,24 @@ class MergeState:
             series.values[state.source] = GaugeContribution(value, step, now)
             state.gauges.add(key)
             return
+        bounds: tuple[float, ...] = ()
         if family.type is MetricType.COUNTER:
             vector = validation.counter_vector(family, sample.value)
         else:
             bounds = catalog.bounds(family.name)
             vector = validation.histogram_vector(family, sample.value, bounds)
         cumulative = self._cumulative.get(key)
+        if cumulative is not None and cumulative.bounds != bounds:
+            logger.warning(
+                "%s: bucket bounds of %s changed from %s to %s; its series starts over",
+                state.source,
+                family.name,
+                list(cumulative.bounds),
+                list(bounds),
+            )
+            cumulative = None
         if cumulative is None:
-            cumulative = CumulativeSeries(family, sample.labels, width=len(vector))
+            cumulative = CumulativeSeries(family, sample.labels, len(vector), bounds)
             self._cumulative[key] = cumulative
         previous = cumulative.previous(state.source)
         if previous is not None:
@@ -213,18 +238,6 @@ class MergeState:
         if self._sources.get(source) is state:
             del self._sources[source]
 
-    def expire(self, now: float) -> None:
-        """Retire sources silent for longer than the source time-to-live."""
-        for state in list(self._sources.values()):
-            if now - state.last_seen > self.source_ttl_s:
-                logger.warning(
-                    "%s: no snapshot for %.1f s, incarnation %s retired",
-                    state.source,
-                    now - state.last_seen,
-                    state.incarnation,
-                )
-                self._end_incarnation(state)
-
     # Merged view ---------------------------------------------------------
 
     def live_sources(self, now: float) -> list[SourceState]:
@@ -245,6 +258,3 @@ class MergeState:
 
     def gauge_series(self) -> Iterator[GaugeSeries]:
         return iter(self._gauges.values())
-
-    def bounds(self, model_name: str, family: Family) -> tuple[float, ...]:
-        return self.catalog(model_name).bounds(family.name)
