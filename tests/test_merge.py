@@ -387,3 +387,24 @@ def test_bucket_change_restarts_histogram() -> None:
     assert reply.accepted == 1
     assert value(after, f"{name}_bucket", **ENGINE0, le="4.0") == 2
     assert value(after, f"{name}_count", **ENGINE0) == 2
+
+
+def test_engine_restart_with_era_ids_counts_each_life() -> None:
+    state = MergeState()
+    name = "vllm:generation_tokens"
+
+    def report(r: int, incarnation: str, era: str, step: int, amount: float) -> None:
+        sample = Sample(name, (MODEL, "0"), amount)
+        snap = Snapshot(rank(0, r), incarnation, step, step, (sample,), era=era)
+        state.apply(snap, now=0.0)
+
+    def merged() -> float | None:
+        return value(scrape(state, 0.0), "vllm:generation_tokens_total", **ENGINE0)
+
+    report(1, "r1-a", "life-a", step=10, amount=10)
+    assert merged() == 10
+    report(0, "r0-b", "life-b", step=5, amount=5)
+    assert merged() == 15
+    report(1, "r1-b", "life-b", step=9, amount=9)
+    report(0, "r0-b", "life-b", step=9, amount=9)
+    assert merged() == 19

@@ -89,7 +89,10 @@ class Snapshot:
     `samples` holds every series the incarnation has touched, not only the
     changed ones; `final` marks the last snapshot of a graceful close.
     `dropped_snapshots` and `dropped_observations` count what the reporter
-    had to drop so far in this incarnation.
+    had to drop so far in this incarnation. `era` names the engine life
+    whose steps the engine-scope values count: the scheduler and the TP
+    workers of one engine start share it, and a restarted engine gets a new
+    one. Empty when the reporter does not know it.
     """
 
     source: SourceId
@@ -101,6 +104,7 @@ class Snapshot:
     final: bool = False
     dropped_snapshots: int = 0
     dropped_observations: int = 0
+    era: str = ""
 
 
 @dataclass(frozen=True, slots=True)

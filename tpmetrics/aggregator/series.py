@@ -16,6 +16,9 @@ from tpmetrics.aggregator.validation import Vector
 from tpmetrics.catalog.types import Family, Reducer, Scope
 from tpmetrics.snapshot import SourceId, SourceKind
 
+RECENT_ERAS = 4
+"""Empty eras with an id kept per group, for members of an ended engine life that report late."""
+
 GroupKey = tuple[str, int]
 """("engine", DP rank) for the engine group, or ("source", id) for a lone source."""
 
@@ -48,14 +51,18 @@ class Contribution:
 class Era:
     """Members of a group that report one stream of engine steps.
 
-    The TP ranks of one engine life form one era. When a rank restarts, its
-    new incarnation starts a new era (the engine started over), and the
-    other ranks' new incarnations join that era. `seen` remembers every
-    source that was ever a member. `base` and `base_step` are what the era
-    has already retired: members count only what lies beyond them.
+    The sources of one engine life form one era. Reporters that know the
+    engine life send its id (`Snapshot.era`), and `era_id` matches it. For
+    reporters that do not, membership is inferred: a new incarnation of a
+    source already in the newest era starts a new era (the engine started
+    over), and the other sources' new incarnations join that one. `seen`
+    remembers every source that was ever a member. `base` and `base_step`
+    are what the era has already retired: members count only what lies
+    beyond them.
     """
 
     width: int
+    era_id: str = ""
     members: dict[SourceId, Contribution] = field(default_factory=dict)
     seen: set[SourceId] = field(default_factory=set)
     base: Vector = ()
@@ -124,17 +131,28 @@ class CumulativeSeries:
         _, era = self._find(source)
         return None if era is None else era.members[source]
 
-    def update(self, source: SourceId, vector: Vector, step: int) -> None:
+    def update(self, source: SourceId, vector: Vector, step: int, era_id: str = "") -> None:
         eras, era = self._find(source)
         if era is not None:
             current = era.members[source]
             current.vector = vector
             current.step = step
             return
-        if not eras or source in eras[-1].seen:
-            eras.append(Era(self.width))
-        eras[-1].members[source] = Contribution(vector, step)
-        eras[-1].seen.add(source)
+        era = self._era_to_join(eras, source, era_id)
+        era.members[source] = Contribution(vector, step)
+        era.seen.add(source)
+
+    def _era_to_join(self, eras: list[Era], source: SourceId, era_id: str) -> Era:
+        if era_id:
+            for era in eras:
+                if era.era_id == era_id:
+                    return era
+        elif eras and not eras[-1].era_id and source not in eras[-1].seen:
+            # NOTE: without an era id this guess is wrong when a rank's first
+            # report of an engine life comes after another rank's restart.
+            return eras[-1]
+        eras.append(Era(self.width, era_id))
+        return eras[-1]
 
     def retire(self, source: SourceId) -> None:
         """Move an ended incarnation's counts into the retired totals."""
@@ -142,9 +160,11 @@ class CumulativeSeries:
         if era is None:
             return
         self.retired = add(self.retired, era.retire(source))
-        # The newest era stays even when empty: a member that has not
-        # reported yet may still join it and must count from its base.
-        eras[:] = [e for e in eras if e.members or e is eras[-1]]
+        # An empty era stays while a member that has not reported yet may
+        # still join it and must count from its base: the newest era, and
+        # the last few eras known by id.
+        recent = eras[-RECENT_ERAS:]
+        eras[:] = [e for e in eras if e.members or e is eras[-1] or (e.era_id and e in recent)]
 
     def value(self) -> Vector:
         total = self.retired

@@ -38,6 +38,7 @@ class SourceState:
     seq: int
     step: int
     last_seen: float
+    era: str = ""
     cumulative: set[SeriesKey] = field(default_factory=set)
     gauges: set[SeriesKey] = field(default_factory=set)
     dropped_snapshots: int = 0
@@ -107,6 +108,7 @@ class MergeState:
         state.last_seen = now
         state.dropped_snapshots = snapshot.dropped_snapshots
         state.dropped_observations = snapshot.dropped_observations
+        state.era = snapshot.era
 
         catalog = self.catalog(model)
         rejected: list[str] = []
@@ -215,7 +217,7 @@ class MergeState:
         previous = cumulative.previous(state.source)
         if previous is not None:
             validation.check_not_decreasing(family, previous.vector, vector)
-        cumulative.update(state.source, vector, step)
+        cumulative.update(state.source, vector, step, state.era)
         state.cumulative.add(key)
 
     def _end_incarnation(self, state: SourceState) -> None:

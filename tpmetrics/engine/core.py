@@ -12,6 +12,7 @@ import asyncio
 import logging
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -101,7 +102,10 @@ class EngineCore:
         model_config, _ = resolve_model(config.model)
         self._vocab_size = model_config.vocab_size
         self._scheduler = Scheduler(_scheduler_config(config, model_config))
-        self._recorder = _connect_recorder(config) if config.report_metrics else None
+        # One id for this engine start, shared with its TP workers, so the
+        # aggregator counts their engine-scope values once across restarts.
+        engine_life = uuid.uuid4().hex
+        self._recorder = _connect_recorder(config, engine_life) if config.report_metrics else None
 
         self._group = TPGroup.create(
             config.model,
@@ -113,6 +117,7 @@ class EngineCore:
             seed=config.seed,
             report_metrics=config.report_metrics,
             flush_interval_s=config.flush_interval_s,
+            engine_life=engine_life,
         )
 
         self._wake = threading.Condition()
@@ -377,12 +382,12 @@ def _scheduler_config(config: EngineConfig, model_config: ModelConfig) -> Schedu
     )
 
 
-def _connect_recorder(config: EngineConfig) -> StatsRecorder[Any]:
+def _connect_recorder(config: EngineConfig, engine_life: str) -> StatsRecorder[Any]:
     # Imported here so that an engine without metrics never needs the aggregator's modules.
     from tpmetrics.workers.reporter import connect_reporter  # noqa: PLC0415
 
     source = SourceId(SourceKind.ENGINE, config.model_name, engine=config.engine)
-    reporter = connect_reporter(source, flush_interval_s=config.flush_interval_s)
+    reporter = connect_reporter(source, flush_interval_s=config.flush_interval_s, era=engine_life)
     cache_info = CacheConfigInfo(
         block_size=config.block_size,
         num_gpu_blocks=config.num_blocks,

@@ -50,9 +50,11 @@ def connect(
     aggregator: str = AGGREGATOR_NAME,
     namespace: str = NAMESPACE,
     timeout_s: float = 30.0,
+    *,
+    era: str = "",
 ) -> Reporter:
     """Build the reporter that `reporter.connect_reporter` returns."""
     actor = find_aggregator(aggregator, namespace, timeout_s)
     config: Any = ray.get(actor.catalog_config.remote(source.model_name), timeout=timeout_s)
     sink = RaySink(aggregator, namespace)
-    return Reporter(source, Catalog(config), sink, flush_interval_s)
+    return Reporter(source, Catalog(config), sink, flush_interval_s, era=era)

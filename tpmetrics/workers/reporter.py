@@ -80,11 +80,14 @@ class Reporter:
         catalog: Catalog,
         sink: Sink | None = None,
         flush_interval_s: float = 1.0,
+        *,
         incarnation: str | None = None,
+        era: str = "",
     ) -> None:
         self.source = source
         self.catalog = catalog
         self.incarnation = incarnation or uuid.uuid4().hex
+        self.era = era
         self._lock = threading.Lock()
         self._series: dict[tuple[str, tuple[str, ...]], Series] = {}
         self._all: list[Series] = []
@@ -210,6 +213,7 @@ class Reporter:
                 final=final,
                 dropped_snapshots=self.dropped_snapshots,
                 dropped_observations=self.dropped_observations,
+                era=self.era,
             )
 
     def mark_unsent(self, snapshot: Snapshot) -> None:
@@ -243,13 +247,17 @@ def connect_reporter(
     aggregator: str | None = None,
     namespace: str | None = None,
     timeout_s: float = 30.0,
+    *,
+    era: str = "",
 ) -> Reporter:
     """Return a reporter for `source` that flushes to the aggregator actor over Ray.
 
     The catalog (bucket bounds, hidden families) comes from the aggregator, so
     every source of a model records with the same bounds. Waits up to
     `timeout_s` seconds for the aggregator to appear; the defaults name the
-    actor that `tpmetrics serve` starts.
+    actor that `tpmetrics serve` starts. Give every source of one engine
+    start the same `era` (any unique string) so that its engine-scope
+    values are counted once even across restarts.
     """
     # Imported here so that recording, and the tests of it, never need Ray.
     from tpmetrics.aggregator.actor import AGGREGATOR_NAME, NAMESPACE  # noqa: PLC0415
@@ -261,4 +269,5 @@ def connect_reporter(
         aggregator or AGGREGATOR_NAME,
         namespace or NAMESPACE,
         timeout_s,
+        era=era,
     )

@@ -54,6 +54,7 @@ class WorkerSpec:
     seed: int
     report_metrics: bool
     flush_interval_s: float
+    engine_life: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,7 +179,9 @@ class TPWorker:
 
         spec = self._spec
         source = SourceId(SourceKind.RANK, spec.model_name, engine=spec.engine, rank=self._rank)
-        reporter = connect_reporter(source, flush_interval_s=spec.flush_interval_s)
+        reporter = connect_reporter(
+            source, flush_interval_s=spec.flush_interval_s, era=spec.engine_life
+        )
         self._series = _RankSeries(
             steps=reporter.series("tpmetrics:rank_steps"),
             tokens=reporter.series("tpmetrics:rank_tokens"),
@@ -250,6 +253,7 @@ class TPGroup:
         seed: int = 0,
         report_metrics: bool = True,
         flush_interval_s: float = 1.0,
+        engine_life: str = "",
     ) -> TPGroup:
         """Start `tp_size` workers of `model` (a preset name or a checkpoint directory).
 
@@ -282,6 +286,7 @@ class TPGroup:
             seed=seed,
             report_metrics=report_metrics,
             flush_interval_s=flush_interval_s,
+            engine_life=engine_life,
         )
         workers = _start_workers(spec, group_handle)
         group = cls(
