@@ -309,3 +309,26 @@ def test_models_lists_served_name(server: str) -> None:
     response = httpx.get(f"{server}/v1/models", timeout=30)
 
     assert [card["id"] for card in response.json()["data"]] == [MODEL]
+
+
+def test_client_leaving_non_streamed_request_aborts_it(server: str) -> None:
+    body = {"model": MODEL, "prompt": [9] * 32, "max_tokens": 4000, "ignore_eos": True}
+    name = "vllm:request_success_total"
+    aborts_before = sum(
+        v
+        for (n, labels), v in samples(server).items()
+        if n == name and ("finished_reason", "abort") in labels
+    )
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{server}/v1/completions", json=body, timeout=2.0)
+
+    def aborted() -> bool:
+        now = samples(server)
+        aborts = sum(
+            v
+            for (n, labels), v in now.items()
+            if n == name and ("finished_reason", "abort") in labels
+        )
+        return aborts == aborts_before + 1 and total(now, "vllm:num_requests_running") == 0
+
+    wait_for(aborted, timeout_s=10, what="the abandoned request to be aborted")

@@ -343,6 +343,8 @@ class Scheduler:
             counts.num_prompt_tokens += request.num_prompt_tokens
             counts.num_prompt_tokens_cached += cached
             counts.num_prompt_tokens_computed += request.num_prompt_tokens - cached
+            # NOTE: arrival_time is the frontend's wall clock; on another node
+            # than this engine, clock skew between the two shifts TTFT and e2e.
             counts.time_to_first_tokens.append(now_wall - request.arrival_time)
         elif request.last_token_time is not None:
             counts.inter_token_latencies.append(now - request.last_token_time)

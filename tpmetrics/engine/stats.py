@@ -308,7 +308,10 @@ def _finished_observations(finished: FinishedRequestStats) -> Iterator[tuple[Ser
         finished.num_prefill_kv_computed_tokens,
         finished.num_prompt_tokens,
         finished.num_generation_tokens,
-        finished.num_generation_tokens,
+        # Once per request, like n: the head sends the first of n sequences
+        # with n_param set. NOTE: that sequence's count stands in for the
+        # maximum over all n, which greedy decoding makes equal.
+        finished.num_generation_tokens if finished.n_param is not None else None,
         finished.n_param,
         finished.max_tokens_param,
     )

@@ -40,6 +40,9 @@ from tpmetrics.head.tokenizer import ByteTokenizer, IncrementalDecoder
 
 logger = logging.getLogger(__name__)
 
+DISCONNECT_POLL_S = 0.5
+"""Seconds between checks for a client that left a non-streamed completion."""
+
 
 @dataclass(frozen=True)
 class ServedModel:
@@ -216,14 +219,26 @@ class CompletionService:
         if body.stream:
             events = self._stream(body, requests)
             return StreamingResponse(events, media_type="text/event-stream")
-        return await self._complete(body, requests)
+        return await self._complete(body, requests, request)
 
-    async def _complete(self, body: CompletionRequest, requests: list[EngineRequest]) -> Response:
+    async def _complete(
+        self, body: CompletionRequest, requests: list[EngineRequest], http_request: Request
+    ) -> Response:
+        collect = asyncio.ensure_future(self._collect_all(requests))
+        while not (await asyncio.wait({collect}, timeout=DISCONNECT_POLL_S))[0]:
+            if await http_request.is_disconnected():
+                # Cancelling the choices aborts their engine requests.
+                collect.cancel()
+                logger.info("client gone: aborted completion %s", requests[0].request_id)
+                return Response(status_code=499)
         try:
-            results = await asyncio.gather(*(self._collect(r) for r in requests))
-        except ValueError as error:
-            logger.info("an engine rejected completion %s: %s", requests[0].request_id, error)
-            return JSONResponse(invalid_request(str(error)).model_dump(), status_code=400)
+            results = collect.result()
+        except ExceptionGroup as errors:
+            rejected = [e for e in errors.exceptions if isinstance(e, ValueError)]
+            if not rejected:
+                raise
+            logger.info("an engine rejected completion %s: %s", requests[0].request_id, rejected[0])
+            return JSONResponse(invalid_request(str(rejected[0])).model_dump(), status_code=400)
         choices = []
         completion_tokens = 0
         for request, (tokens, final) in zip(requests, results, strict=True):
@@ -243,6 +258,14 @@ class CompletionService:
             usage=Usage.from_counts(prompt_tokens(requests, body.n), completion_tokens),
         )
         return JSONResponse(response.model_dump())
+
+    async def _collect_all(
+        self, requests: list[EngineRequest]
+    ) -> list[tuple[list[int], FinalOutput]]:
+        """Run every choice; the first failure cancels, and so aborts, the others."""
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(self._collect(r)) for r in requests]
+        return [task.result() for task in tasks]
 
     async def _collect(self, request: EngineRequest) -> tuple[list[int], FinalOutput]:
         tokens: list[int] = []

@@ -105,12 +105,19 @@ class Flusher:
             )
 
     def close(self, timeout_s: float) -> None:
-        """Stop the thread and send the final snapshot, within `timeout_s` seconds."""
+        """Stop the thread, then send the final snapshot.
+
+        Waits up to `timeout_s` seconds for a send in flight to finish, and
+        the final send has the sink's own timeout on top, so the values
+        recorded just before closing are not lost to a slow send.
+        """
         self._stop.set()
-        deadline = time.monotonic() + timeout_s
         self._thread.join(timeout=timeout_s)
-        if time.monotonic() > deadline:
-            logger.warning("%s: flusher did not stop in %.1f s", self._reporter.source, timeout_s)
-            return
+        if self._thread.is_alive():
+            logger.warning(
+                "%s: a snapshot send was still in flight after %.1f s; sending the final one next",
+                self._reporter.source,
+                timeout_s,
+            )
         if self.flush_now(final=True):
             logger.info("%s: final snapshot sent", self._reporter.source)
