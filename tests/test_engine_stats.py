@@ -311,6 +311,7 @@ def test_record_skips_missing_times_and_n() -> None:
     families = {series.family for series, _ in record.observations}
     assert "vllm:e2e_request_latency_seconds" not in families
     assert "vllm:request_params_n" not in families
+    assert "vllm:request_max_num_generation_tokens" not in families
     assert "vllm:request_prompt_tokens" in families
 
 
