@@ -3,7 +3,7 @@
 Runs `tpmetrics serve`'s deployment on an embedded local Ray, replays the
 same slice of a trace against it with engine and TP worker reporting on,
 then off, alternating, and prints both throughputs side by side. It also
-asks each engine for the time its step loop and its TP ranks spent
+queries each engine for the time its step loop and its TP ranks spent
 recording metrics, and prints that share of the step time: a direct figure,
 where the throughput ratio is only as precise as the run-to-run noise.
 
@@ -35,6 +35,7 @@ import uvicorn  # noqa: E402
 from tpmetrics.head.deployment import Deployment, ServeConfig  # noqa: E402
 from tpmetrics.replay.client import ReplayOptions, replay_trace  # noqa: E402
 from tpmetrics.replay.trace import read_trace  # noqa: E402
+from tpmetrics.workers.step import StepTiming  # noqa: E402
 
 DEFAULT_TRACE = (
     Path(__file__).resolve().parents[2] / "shared" / "traces" / "AzureLLMInferenceTrace_code.csv"
@@ -48,10 +49,13 @@ def free_port() -> int:
         return port
 
 
-def run_once(
-    args: argparse.Namespace, report: bool, round_index: int
-) -> tuple[float, float | None]:
-    """Replay the slice once; return output tokens per second and the mean rank step time."""
+def run_once(args: argparse.Namespace, report: bool, round_index: int) -> tuple[float, float]:
+    """Replay the slice once; return tokens per second and the share of step time spent recording.
+
+    The share is the CPU time the engine's step thread and its slowest rank
+    spent recording, over the engine's total step time. The engine waits for
+    every rank, so a rank's recording time adds to the engine's step.
+    """
     name = f"bench-{'on' if report else 'off'}-{round_index}"
     config = ServeConfig(
         served_model_name=name,
@@ -62,6 +66,7 @@ def run_once(
     )
     deployment = Deployment(config)
     app = deployment.start()
+
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -69,6 +74,7 @@ def run_once(
     while not server.started:
         time.sleep(0.05)
     url = f"http://127.0.0.1:{port}"
+
     try:
         requests = read_trace(args.trace, limit=args.limit)
         options = ReplayOptions(
@@ -83,24 +89,33 @@ def run_once(
         if failed:
             raise RuntimeError(f"{len(failed)} requests failed, first: {failed[0]}")
         tokens = sum(r.prompt_tokens + r.output_tokens for r in requests)
+
         engine, ranks = ray.get(deployment.engines[0].step_timing.remote())
+        print_timing(report, engine, ranks, result.duration_s)
         slowest = max(ranks, key=lambda r: r.record_s)
         share = (engine.record_s + slowest.record_s) / engine.step_s
-        print(
-            f"  reporting {'on' if report else 'off'}: {engine.steps} engine steps of "
-            f"{engine.step_s * 1e3 / engine.steps:.1f} ms; recording CPU per step: engine "
-            f"{engine.record_s * 1e6 / engine.steps:.1f} us, ranks "
-            + ", ".join(f"{r.record_s * 1e6 / max(r.steps, 1):.1f} us" for r in ranks)
-            + f"; flusher CPU: engine {engine.flush_s * 1e3:.1f} ms, ranks "
-            + ", ".join(f"{r.flush_s * 1e3:.1f} ms" for r in ranks)
-            + f" over {result.duration_s:.1f} s",
-            flush=True,
-        )
         return tokens / result.duration_s, share
     finally:
         server.should_exit = True
         thread.join(timeout=10)
         deployment.stop()
+
+
+def print_timing(
+    report: bool, engine: StepTiming, ranks: list[StepTiming], duration_s: float
+) -> None:
+    """Print where the engine's and its ranks' time went during one replay."""
+    per_step = engine.step_s * 1e3 / engine.steps
+    rank_record = ", ".join(f"{r.record_s * 1e6 / max(r.steps, 1):.1f} us" for r in ranks)
+    rank_flush = ", ".join(f"{r.flush_s * 1e3:.1f} ms" for r in ranks)
+    print(
+        f"  reporting {'on' if report else 'off'}: {engine.steps} engine steps of "
+        f"{per_step:.1f} ms; recording CPU per step: engine "
+        f"{engine.record_s * 1e6 / engine.steps:.1f} us, ranks {rank_record}; "
+        f"flusher CPU: engine {engine.flush_s * 1e3:.1f} ms, ranks {rank_flush} "
+        f"over {duration_s:.1f} s",
+        flush=True,
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

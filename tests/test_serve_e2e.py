@@ -1,7 +1,7 @@
 """The whole path on real Ray: TP worker actors, engines, aggregator, head, a trace replay.
 
 One deployment (TP 2 x DP 2, the reference model) serves every test in this
-module; each test compares deltas of `/metrics` to what it sent itself.
+module. So each test compares deltas of `/metrics` with what it sent itself.
 """
 
 from __future__ import annotations

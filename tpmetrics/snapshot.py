@@ -22,8 +22,8 @@ class SourceId:
     """One reporting process.
 
     `engine` is the DP rank of the engine a scheduler or TP worker belongs
-    to; `rank` is the TP rank of a worker. A frontend has neither and is told
-    apart from other API servers of the same model by `instance`.
+    to; `rank` is the TP rank of a worker. A frontend has neither, and `instance`
+    distinguishes it from other API servers of the same model.
     """
 
     kind: SourceKind
@@ -57,7 +57,7 @@ class SourceId:
 class HistogramValue:
     """Cumulative state of one histogram series.
 
-    `counts` holds one count per bucket, not cumulative: `counts[i]` counts
+    `counts` contains one count per bucket, not cumulative: `counts[i]` counts
     observations in `(bounds[i-1], bounds[i]]`, and the last entry counts
     those above `bounds[-1]` (the `+Inf` bucket). So
     `len(counts) == len(bounds) + 1`.
@@ -86,7 +86,7 @@ class Snapshot:
 
     `seq` increases by one per snapshot of an incarnation. `step` is the last
     engine step the source recorded (0 for a frontend). `full` is set when
-    `samples` holds every series the incarnation has touched, not only the
+    `samples` contains every series the incarnation has touched, not only the
     changed ones; `final` marks the last snapshot of a graceful close.
     `dropped_snapshots` and `dropped_observations` count what the reporter
     had to drop so far in this incarnation. `era` names the engine life
@@ -109,7 +109,7 @@ class Snapshot:
 
 @dataclass(frozen=True, slots=True)
 class ReportReply:
-    """The aggregator's answer to one snapshot.
+    """The aggregator's reply to one snapshot.
 
     `aggregator_id` changes when the aggregator restarts; a reporter that
     sees a new one resends its full state, and so does one that gets

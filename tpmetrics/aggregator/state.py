@@ -187,6 +187,7 @@ class MergeState:
         family = validation.lookup_family(catalog, sample)
         validation.check_labels(family, sample.labels, state.source)
         key = (family.name, sample.labels)
+
         if family.type is MetricType.GAUGE:
             value = validation.gauge_value(family, sample.value)
             series = self._gauges.get(key)
@@ -195,12 +196,14 @@ class MergeState:
             series.values[state.source] = GaugeContribution(value, step, now)
             state.gauges.add(key)
             return
+
         bounds: tuple[float, ...] = ()
         if family.type is MetricType.COUNTER:
             vector = validation.counter_vector(family, sample.value)
         else:
             bounds = catalog.bounds(family.name)
             vector = validation.histogram_vector(family, sample.value, bounds)
+
         cumulative = self._cumulative.get(key)
         if cumulative is not None and cumulative.bounds != bounds:
             logger.warning(
@@ -214,6 +217,7 @@ class MergeState:
         if cumulative is None:
             cumulative = CumulativeSeries(family, sample.labels, len(vector), bounds)
             self._cumulative[key] = cumulative
+
         previous = cumulative.previous(state.source)
         if previous is not None:
             validation.check_not_decreasing(family, previous.vector, vector)

@@ -25,7 +25,7 @@ class Scope(enum.Enum):
 
 
 class Reducer(enum.Enum):
-    """How a gauge series reported by several sources becomes one value."""
+    """The rule that turns a gauge series reported by several sources into one value."""
 
     SUM = "sum"
     MAX = "max"

@@ -97,8 +97,8 @@ class TokenBatch:
     """New output tokens of one request, in order: one per engine step.
 
     `finish_reason` is set when the request finished right after the last
-    of these tokens, so a frontend can mark that token's chunk as the last;
-    the `FinalOutput` still follows.
+    of these tokens, so a frontend can mark that token's chunk as the last.
+    The `FinalOutput` still follows.
     """
 
     token_ids: tuple[int, ...]

@@ -309,7 +309,7 @@ def _finished_observations(finished: FinishedRequestStats) -> Iterator[tuple[Ser
         finished.num_prompt_tokens,
         finished.num_generation_tokens,
         # Once per request, like n: the head sends the first of n sequences
-        # with n_param set. NOTE: that sequence's count stands in for the
+        # with n_param set. NOTE: that sequence's count replaces the
         # maximum over all n, which greedy decoding makes equal.
         finished.num_generation_tokens if finished.n_param is not None else None,
         finished.n_param,

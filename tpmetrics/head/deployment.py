@@ -112,6 +112,7 @@ class Deployment:
         config = self.config
         model_config, _ = resolve_model(config.model)
         model_config.check_tp_size(config.tensor_parallel_size)
+
         catalog = config.catalog_config()
         gauge_ttl_s = config.gauge_ttl_s or 3 * config.flush_interval_s
         self.aggregator = start_aggregator(catalog, {config.model_name: catalog}, gauge_ttl_s)
@@ -119,6 +120,7 @@ class Deployment:
         logger.info(
             "aggregator started; gauges expire after %.1f s without a snapshot", gauge_ttl_s
         )
+
         start = time.monotonic()
         self.engines = [
             launch_engine(config.engine_config(e), num_cpus=0, name=None)
@@ -137,6 +139,7 @@ class Deployment:
             config.tensor_parallel_size,
             time.monotonic() - start,
         )
+
         model = ServedModel(
             name=config.model_name,
             vocab_size=model_config.vocab_size,

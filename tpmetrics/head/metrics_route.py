@@ -1,6 +1,6 @@
 """`GET /metrics`: the aggregator's merged exposition, as a plain route.
 
-A plain route, not a mounted sub-app: Starlette answers a mounted `/metrics`
+A plain route, not a mounted sub-app: Starlette responds to a mounted `/metrics`
 with a redirect to `/metrics/`, which some scrapers do not follow.
 """
 

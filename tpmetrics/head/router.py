@@ -19,7 +19,7 @@ class EngineRouter:
 
     Least-loaded routing uses those in-flight counts, which this head keeps
     itself, so picking an engine costs no call to the engines.
-    NOTE: with several heads in front of the same engines, each head sees only
+    NOTE: with several heads in front of the same engines, each head counts only
     its own requests.
     """
 

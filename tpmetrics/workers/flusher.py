@@ -30,7 +30,7 @@ class Flusher:
 
     A failed or timed-out send is counted as a dropped snapshot and its
     series are sent again with the next one; after a failure, or when the
-    aggregator restarted (new `aggregator_id`) or asks for it, the next
+    aggregator restarted (new `aggregator_id`) or requests it, the next
     snapshot carries the full state.
     """
 

@@ -122,7 +122,7 @@ class PagedKVCache:
 
 @dataclass(frozen=True, slots=True)
 class _ChunkSpan:
-    """Where one chunk sits in the step's flat token batch, and what it attends to.
+    """The position of one chunk in the step's flat token batch, and its attention context.
 
     `context_slots` are the KV slots of positions 0 to the chunk's last
     position. `mask` has shape `[chunk tokens, context]` and is true where a

@@ -1,6 +1,6 @@
 """The client side of tpmetrics: cheap in-process recording, flushed as cumulative snapshots.
 
-An engine, a frontend or a TP worker holds one `Reporter`. `record` takes one
+An engine, a frontend or a TP worker owns one `Reporter`. `record` takes one
 step's stats at once and only updates pre-aggregated cumulative state under a
 lock held for microseconds; a background `Flusher` turns what changed into a
 `Snapshot` every flush interval and sends it, so the hot path never waits on
@@ -34,7 +34,7 @@ _GAUGE = MetricType.GAUGE
 class Series:
     """A handle on one series of a reporter, returned by `Reporter.series`.
 
-    It also holds the series' cumulative state, so recording is one
+    It also contains the series' cumulative state, so recording is one
     attribute access and no dictionary lookup.
     """
 

@@ -1,4 +1,4 @@
-"""What an engine sends its TP workers for one step, and what they send back."""
+"""The step input an engine sends its TP workers, and the output they return."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ class SequenceChunk:
     decode token. They sit at positions `start_position ..
     start_position + len(token_ids) - 1`. `block_table` lists the physical
     KV blocks of the request in order and covers every position up to the
-    last one computed here. `sample` asks for a next token after the chunk:
+    last one computed here. `sample` requests a next token after the chunk:
     true for decode and for the last chunk of a prefill.
     """
 
@@ -60,7 +60,7 @@ class StepOutput:
 
 @dataclass(slots=True)
 class StepTiming:
-    """Where a step loop's time went, for measuring what metrics cost it.
+    """Time accounting of a step loop, for measuring what metrics cost it.
 
     `step_s` is the wall-clock time of the steps. `record_s` is the CPU time
     the stepping thread spent recording their stats (thread CPU time, so time

@@ -86,7 +86,7 @@ class TPWorker:
     def rendezvous(self) -> str:
         """Return a `tcp://` init method on this rank's node, with a port free there now.
 
-        The launcher asks rank 0 and hands the address to every rank's `setup`.
+        The launcher calls this on rank 0 and passes the address to every rank's `setup`.
         """
         host: str = ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
         return f"tcp://{host}:{_free_port(host)}"
